@@ -1,0 +1,1 @@
+"""Synthetic-speech detection on AST embeddings."""

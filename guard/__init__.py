@@ -1,0 +1,1 @@
+"""Integration layer: audio I/O, the CLI, model wrappers, the HTTP service and reports."""

@@ -1,0 +1,329 @@
+"""Decode, validate, resample and write users' audio files.
+
+This is the only module that opens audio files a user hands us, so it is the one place that
+refuses bad input: every problem becomes an `AudioError` with one sentence that names the file,
+and no libsndfile exception escapes. Components downstream can then trust that a waveform is
+finite float32 shaped `(channels, samples)` at a sane rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
+
+# What we promise to decode. libsndfile reads more (AIFF, AU, ...), but we test and support these.
+_SUPPORTED_FORMATS = frozenset({"WAV", "FLAC", "OGG", "MP3"})
+
+# The container an output extension asks for; only .opus also pins the codec inside it.
+_FORMAT_BY_EXTENSION = {
+    ".wav": "WAV",
+    ".flac": "FLAC",
+    ".ogg": "OGG",
+    ".oga": "OGG",
+    ".opus": "OGG",
+    ".mp3": "MP3",
+}
+_SUBTYPE_BY_EXTENSION = {".opus": "OPUS"}
+
+# Subtypes that store floats. Outside [-1, 1] integer PCM saturates, mu-law and A-law wrap
+# around into loud clicks, and lossy files mostly meet integer decoders, so the rest is clipped.
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+
+
+class AudioError(Exception):
+    """A file we refuse to process, with a sentence a person can act on."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header says; enough to write the result back the way it came in."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.frames / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one hostile or accidental upload from exhausting memory or time."""
+
+    max_bytes: int = 1_000_000_000
+    max_seconds: float = 3600.0
+    min_rate: int = 4000
+    max_rate: int = 192_000
+    max_channels: int = 8
+
+
+def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> AudioInfo:
+    """Validate a file from its header alone, so a caller can refuse it without decoding."""
+    with _open(Path(path), limits) as (_, info):
+        return info
+
+
+def load(path: str | os.PathLike[str], limits: Limits = Limits()) -> tuple[torch.Tensor, AudioInfo]:
+    """Decode a whole file to float32 `(channels, samples)` after the header checks pass.
+
+    The returned info counts the frames actually decoded: MP3 headers only estimate the
+    length, and a truncated file holds fewer frames than its header claims.
+    """
+    with _open(Path(path), limits) as (f, info):
+        data = _read(f, info, frames=-1)
+    if data.shape[0] == 0:
+        raise AudioError(path, "contains no decodable audio")
+    _check_finite(data, info)
+    return _to_tensor(data), replace(info, frames=data.shape[0])
+
+
+def iter_blocks(
+    path: str | os.PathLike[str], block_frames: int, limits: Limits = Limits()
+) -> Iterator[torch.Tensor]:
+    """Stream a file in float32 `(channels, n)` blocks so memory stays bounded on long files.
+
+    The header is validated now, not on the first `next()`, so a bad file fails where the
+    caller asked for it.
+    """
+    if block_frames <= 0:
+        raise ValueError(f"block_frames must be positive, got {block_frames}")
+    path = Path(path)
+    probe(path, limits)
+    return _blocks(path, block_frames, limits)
+
+
+def _blocks(path: Path, block_frames: int, limits: Limits) -> Iterator[torch.Tensor]:
+    with _open(path, limits) as (f, info):
+        while True:
+            data = _read(f, info, frames=block_frames)
+            if data.shape[0] == 0:
+                return
+            _check_finite(data, info)
+            yield _to_tensor(data)
+
+
+def save(
+    path: str | os.PathLike[str],
+    audio: torch.Tensor,
+    sample_rate: int,
+    like: AudioInfo | None = None,
+) -> AudioInfo:
+    """Write `(channels, samples)` audio the way `like` came in, where the codec allows it.
+
+    A known extension picks the format (the user asked for it); `like` supplies the subtype
+    when that format has it, and the format itself when the extension is unknown. Codecs
+    accept fewer rates and channel counts than the files that may have come in (Opus:
+    8/12/16/24/48 kHz; MP3: 8 to 48 kHz and at most two channels), so when the preferred
+    subtype cannot be written we fall back to the format's default (Opus becomes Vorbis,
+    both in OGG) and raise only when the format cannot hold this audio at all. The file is
+    written under a temporary name and renamed, so a failed write never leaves a
+    half-written file or clobbers an existing one. Returns what was written.
+    """
+    path = Path(path)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be shaped (channels, samples), got {tuple(audio.shape)}")
+    data = audio.detach().to("cpu", torch.float32).T.contiguous().numpy()
+    if not np.isfinite(data).all():
+        raise AudioError(path, "refusing to write NaN or infinite samples")
+    fmt, subtypes = _output_choices(path, like)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        # Creating it ourselves first turns a missing folder or a permission problem into a
+        # clear OSError, so a libsndfile refusal below can only mean the codec said no.
+        tmp.open("xb").close()
+        subtype = _write_first(tmp, data, sample_rate, fmt, subtypes)
+        if subtype is None:
+            raise AudioError(
+                path,
+                f"{fmt} cannot be written at {sample_rate} Hz with {data.shape[1]} channel(s)",
+            )
+        os.replace(tmp, path)
+    except (OSError, sf.LibsndfileError) as err:
+        raise AudioError(path, f"could not be written ({_reason(err)})") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return AudioInfo(str(path), sample_rate, data.shape[1], data.shape[0], fmt, subtype)
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    return getattr(err, "error_string", str(err)).rstrip(".")
+
+
+def _output_choices(path: Path, like: AudioInfo | None) -> tuple[str, list[str]]:
+    """The format to write and the subtypes to try, best first."""
+    extension = path.suffix.lower()
+    fmt = _FORMAT_BY_EXTENSION.get(extension, like.format if like is not None else None)
+    if fmt is None:
+        known = ", ".join(sorted(_FORMAT_BY_EXTENSION))
+        raise AudioError(
+            path, f"cannot tell which format to write from its extension; use one of {known}"
+        )
+    fallback = sf.default_subtype(fmt)
+    preferred = _SUBTYPE_BY_EXTENSION.get(extension, fallback)
+    if like is not None and extension not in _SUBTYPE_BY_EXTENSION:
+        preferred = like.subtype if sf.check_format(fmt, like.subtype) else fallback
+    return fmt, [preferred] if preferred == fallback else [preferred, fallback]
+
+
+def _write_first(
+    tmp: Path, data: np.ndarray, sample_rate: int, fmt: str, subtypes: list[str]
+) -> str | None:
+    """Write with the first subtype libsndfile accepts for this rate and channel count.
+
+    Asking libsndfile is the only reliable test: it alone knows which encoders it was built
+    with and what each accepts.
+    """
+    for subtype in subtypes:
+        try:
+            f = sf.SoundFile(tmp, "w", sample_rate, data.shape[1], subtype, format=fmt)
+        except (sf.LibsndfileError, ValueError):
+            continue
+        with f:
+            f.write(data if subtype in _FLOAT_SUBTYPES else np.clip(data, -1.0, 1.0))
+        return subtype
+    return None
+
+
+def resample(audio: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """Band-limited resampling along the last axis; the input itself when the rates match."""
+    return torchaudio.functional.resample(audio, from_rate, to_rate)
+
+
+def to_mono(audio: torch.Tensor) -> torch.Tensor:
+    """Average the channels into `(1, samples)`."""
+    return audio.mean(dim=0, keepdim=True)
+
+
+def iter_audio_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Expand folders into their audio files, in a stable order, for multi-file commands.
+
+    Whatever the user named explicitly is yielded even when it is missing or has an unknown
+    extension, so the command reports it instead of silently skipping it.
+    """
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            yield from sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+            )
+        else:
+            yield path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in chunks so large files cost no memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@contextmanager
+def _open(path: Path, limits: Limits) -> Iterator[tuple[sf.SoundFile, AudioInfo]]:
+    """Open a file for reading after the checks that need no decoding.
+
+    The size is checked before libsndfile touches the file, and the header before any
+    sample is read, so an oversized upload costs a `stat` and a header parse at most.
+    """
+    _check_size(path, limits)
+    try:
+        f = sf.SoundFile(path)
+    except sf.SoundFileError as err:
+        # libsndfile's own messages can mislead (an undecodable .mp3 "does not exist"), so
+        # the user gets ours and --debug gets the chained original.
+        raise AudioError(
+            path, "is not a WAV, FLAC, OGG or MP3 file, or its header is damaged"
+        ) from err
+    with f:
+        info = AudioInfo(
+            path=str(path),
+            sample_rate=f.samplerate,
+            channels=f.channels,
+            frames=f.frames,
+            format=f.format,
+            subtype=f.subtype,
+        )
+        _check_header(info, limits)
+        yield f, info
+
+
+def _check_size(path: Path, limits: Limits) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise AudioError(path, "does not exist") from None
+    except OSError as err:
+        raise AudioError(path, f"cannot be read ({err.strerror or err})") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(path, "is a folder, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        # A pipe or device could block forever or never end; uploads are regular files.
+        raise AudioError(path, "is not a regular file")
+    size = st.st_size
+    if size == 0:
+        raise AudioError(path, "is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise AudioError(path, f"is {size:,} bytes, over the limit of {limits.max_bytes:,} bytes")
+
+
+def _check_header(info: AudioInfo, limits: Limits) -> None:
+    path = info.path
+    if info.format not in _SUPPORTED_FORMATS:
+        raise AudioError(path, f"is {info.format} audio; only WAV, FLAC, OGG and MP3 are supported")
+    if info.sample_rate < limits.min_rate:
+        raise AudioError(
+            path, f"has a sample rate of {info.sample_rate} Hz, below {limits.min_rate} Hz"
+        )
+    if info.sample_rate > limits.max_rate:
+        raise AudioError(
+            path, f"has a sample rate of {info.sample_rate} Hz, above {limits.max_rate} Hz"
+        )
+    if info.channels > limits.max_channels:
+        raise AudioError(
+            path, f"has {info.channels} channels, more than the maximum of {limits.max_channels}"
+        )
+    if info.frames == 0:
+        raise AudioError(path, "contains no audio (0 frames)")
+    if info.duration > limits.max_seconds:
+        raise AudioError(
+            path, f"is {info.duration:.1f} s long, over the limit of {limits.max_seconds:g} s"
+        )
+
+
+def _read(f: sf.SoundFile, info: AudioInfo, frames: int) -> np.ndarray:
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except sf.SoundFileError as err:
+        raise AudioError(info.path, "is damaged and could not be decoded") from err
+
+
+def _check_finite(data: np.ndarray, info: AudioInfo) -> None:
+    if not np.isfinite(data).all():
+        raise AudioError(info.path, "contains NaN or infinite samples")
+
+
+def _to_tensor(data: np.ndarray) -> torch.Tensor:
+    """soundfile gives `(frames, channels)`; components expect `(channels, frames)`."""
+    return torch.from_numpy(np.ascontiguousarray(data.T))

@@ -1,0 +1,49 @@
+"""The ``audioguard`` command: a click group whose commands parse, call the library, format.
+
+Errors a user can act on (a bad file, a missing key) become one sentence on stderr, or a
+``{"path", "error"}`` line under ``--json``; tracebacks only appear with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from guard.audio import AudioError
+from guard.cli_watermark import watermark
+from watermark.types import WatermarkError
+
+USER_ERRORS = (AudioError, WatermarkError, OSError, ValueError)
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="audioguard")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Responsible-audio safety: keyed watermarks, detection and policies."""
+    ctx.obj = {"debug": debug}
+
+
+cli.add_command(watermark)
+
+
+def main() -> None:
+    """Console-script entry point: turn user errors into one clear sentence and exit 1."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Policy schema, rule engine and audit log."""

@@ -1,0 +1,22 @@
+"""Shared fixtures: the bundled sample clips, read without going through the code under test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def read_sample(relative: str) -> tuple[torch.Tensor, int]:
+    """A bundled clip as float32 (channels, samples) and its rate."""
+    data, rate = sf.read(SAMPLES / relative, dtype="float32", always_2d=True)
+    return torch.from_numpy(data.T.copy()), rate
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return SAMPLES

@@ -1,0 +1,159 @@
+"""The keyed watermark: round trips, keys, silence, edits, segments and honest p-values."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_sample
+
+from guard import edits
+from watermark import coding
+from watermark.keyed import KeyedBackend
+from watermark.types import WatermarkError
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+SPEECH = "speech/fillets_society_stebet0.flac"
+MUSIC_STEREO = "music/singularity_awakening_44k_stereo.flac"
+SFX = "sfx/hyperrogue_seen_kraken.flac"
+
+
+@pytest.fixture(scope="module")
+def backend() -> KeyedBackend:
+    return KeyedBackend(KEY)
+
+
+@pytest.fixture(scope="module")
+def marked_speech(backend):
+    audio, rate = read_sample(SPEECH)
+    return audio, backend.embed(audio, rate, "c0ffee01"), rate
+
+
+@pytest.mark.parametrize(
+    "clip", [SPEECH, MUSIC_STEREO, SFX, "speech/allison_vm_instructions_8k.flac"]
+)
+def test_round_trip_keeps_shape_and_reads_payload(backend, clip):
+    audio, rate = read_sample(clip)
+    result = backend.embed(audio, rate, "deadbeef")
+    assert result.audio.shape == audio.shape
+    assert result.sample_rate == rate
+    assert result.snr_db > 28.0
+    assert result.marked_seconds > 0.5 * audio.shape[1] / rate
+    found = backend.detect(result.audio, rate)
+    assert found.detected and found.p_value < 1e-6
+    assert found.payload == "deadbeef"
+
+
+def test_unmarked_audio_and_wrong_key_see_nothing(backend, marked_speech):
+    original, result, rate = marked_speech
+    assert not backend.detect(original, rate).detected
+    stranger = KeyedBackend(OTHER_KEY).detect(result.audio, rate)
+    assert not stranger.detected
+    assert stranger.payload is None
+
+
+def test_short_payload_is_zero_padded_and_bad_payload_refused(backend):
+    audio, rate = read_sample(SPEECH)
+    assert backend.embed(audio, rate, "7").verification.payload == "00000007"
+    with pytest.raises(WatermarkError, match="hex"):
+        backend.embed(audio, rate, "xyz")
+    with pytest.raises(WatermarkError, match="32 bits"):
+        backend.embed(audio, rate, "123456789")
+
+
+def test_silence_gets_no_mark(backend):
+    speech, rate = read_sample(SPEECH)
+    gap = torch.zeros(1, 2 * rate)
+    audio = torch.cat([speech, gap, speech], dim=1)
+    result = backend.embed(audio, rate, "0badf00d")
+    silent = result.audio[:, speech.shape[1] + rate // 4 : speech.shape[1] + 7 * rate // 4]
+    assert torch.count_nonzero(silent) == 0
+    assert result.marked_seconds <= 2 * speech.shape[1] / rate + 0.1
+    with pytest.raises(WatermarkError, match="too quiet"):
+        backend.embed(torch.zeros(1, 5 * rate), rate, "01")
+
+
+def test_embed_fails_loudly_when_the_mark_cannot_be_read_back(backend):
+    rate = 16000
+    noise = torch.from_numpy(np.random.default_rng(3).standard_normal((1, 2 * rate))).float()
+    with pytest.raises(WatermarkError, match="did not read back"):
+        backend.embed(0.1 * noise, rate, "01234567")
+
+
+def test_rates_below_8k_refused(backend):
+    with pytest.raises(WatermarkError, match="8000 Hz"):
+        backend.detect(torch.zeros(1, 6000), 6000)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        functools.partial(edits.mp3, bitrate_kbps=64),
+        functools.partial(edits.resample_roundtrip, mid_rate=8000),
+        functools.partial(edits.speed, factor=1.03),
+        functools.partial(edits.tempo, factor=0.95),
+        functools.partial(edits.crop, seconds=3.0, start=1.3),
+        functools.partial(edits.shift, samples=77),
+    ],
+    ids=["mp3_64k", "resample_8k", "speed_1.03", "tempo_0.95", "crop_3s", "shift"],
+)
+def test_mark_survives_edits(backend, marked_speech, edit):
+    _, result, rate = marked_speech
+    edited, edited_rate = edit(result.audio, rate)
+    found = backend.detect(edited, edited_rate)
+    assert found.detected, found
+
+
+def test_segments_locate_a_marked_stretch(backend, marked_speech):
+    original, result, rate = marked_speech
+    music, music_rate = read_sample("music/pathological_background.flac")
+    from guard.audio import resample
+
+    filler = resample(music, music_rate, rate)[:, : 6 * rate]
+    spliced = torch.cat([filler, result.audio, filler], dim=1)
+    found = backend.detect(spliced, rate)
+    assert found.detected
+    start, end = 6.0, 6.0 + result.audio.shape[1] / rate
+    covered = [s for s in found.segments if s.end > start and s.start < end]
+    assert covered, found.segments
+    assert abs(covered[0].start - start) < 0.75
+    assert abs(covered[-1].end - end) < 0.75
+    outside = sum(max(0.0, min(s.end, start) - s.start) for s in found.segments)
+    assert outside < 1.0
+
+
+def test_long_input_is_processed_in_chunks(backend):
+    speech, rate = read_sample(SPEECH)
+    audio = speech.repeat(1, 26)[:, : 130 * rate]  # longer than two embedding chunks
+    result = backend.embed(audio, rate, "a5a5a5a5")
+    assert result.marked_seconds > 100
+    tail = result.audio[:, 118 * rate :]  # a stretch that straddles no chunk start
+    found = backend.detect(tail, rate)
+    assert found.detected and found.payload == "a5a5a5a5"
+
+
+def test_p_values_are_honest_on_unmarked_audio():
+    """Over many keys and unmarked clips, p < alpha happens at most about alpha of the time."""
+    rng = np.random.default_rng(7)
+    clips = [read_sample(c) for c in (SPEECH, SFX, "music/drascula_track6.flac")]
+    p_values = []
+    for trial in range(24):
+        audio, rate = clips[trial % len(clips)]
+        noise = torch.from_numpy(rng.standard_normal((1, 3 * rate)).astype(np.float32)) * 0.05
+        target = audio if trial % 2 else noise
+        key = rng.bytes(32)
+        p_values.append(KeyedBackend(key).detect(target, rate).p_value)
+    assert min(p_values) > 1e-4
+    assert np.mean(np.array(p_values) < 0.2) <= 0.3
+
+
+def test_viterbi_corrects_noise_and_crc_rejects_garbage():
+    rng = np.random.default_rng(0)
+    codeword = coding.encode("12345678").astype(np.float64)
+    soft = (2 * codeword - 1) * 1.5 + rng.standard_normal(codeword.size)
+    assert coding.decode(soft) == "12345678"
+    garbage = [coding.decode(rng.standard_normal(codeword.size)) for _ in range(200)]
+    assert garbage.count(None) == 200

@@ -1,0 +1,1 @@
+"""Watermark embed / detect / localize behind one contract (`watermark.types`)."""

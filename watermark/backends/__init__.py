@@ -1,0 +1,1 @@
+"""Watermark backends that share one embed/detect contract (see `watermark.types`)."""

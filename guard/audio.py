@@ -141,30 +141,45 @@ def save(
     written under a temporary name and renamed, so a failed write never leaves a
     half-written file or clobbers an existing one. Returns what was written.
     """
-    path = Path(path)
     if audio.ndim != 2:
         raise ValueError(f"audio must be shaped (channels, samples), got {tuple(audio.shape)}")
-    data = audio.detach().to("cpu", torch.float32).T.contiguous().numpy()
-    if not np.isfinite(data).all():
-        raise AudioError(path, "refusing to write NaN or infinite samples")
+    return save_blocks(path, [audio], sample_rate, audio.shape[0], like)
+
+
+def save_blocks(
+    path: str | os.PathLike[str],
+    blocks: Iterable[torch.Tensor],
+    sample_rate: int,
+    channels: int,
+    like: AudioInfo | None = None,
+) -> AudioInfo:
+    """:func:`save` for audio that arrives in `(channels, n)` blocks, so long files stream."""
+    path = Path(path)
     fmt, subtypes = _output_choices(path, like)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
         # Creating it ourselves first turns a missing folder or a permission problem into a
         # clear OSError, so a libsndfile refusal below can only mean the codec said no.
         tmp.open("xb").close()
-        subtype = _write_first(tmp, data, sample_rate, fmt, subtypes)
-        if subtype is None:
+        finite = (_finite_block(path, block) for block in blocks)
+        written = _write_first(tmp, finite, sample_rate, channels, fmt, subtypes)
+        if written is None:
             raise AudioError(
-                path,
-                f"{fmt} cannot be written at {sample_rate} Hz with {data.shape[1]} channel(s)",
+                path, f"{fmt} cannot be written at {sample_rate} Hz with {channels} channel(s)"
             )
         os.replace(tmp, path)
     except (OSError, sf.LibsndfileError) as err:
         raise AudioError(path, f"could not be written ({_reason(err)})") from err
     finally:
         tmp.unlink(missing_ok=True)
-    return AudioInfo(str(path), sample_rate, data.shape[1], data.shape[0], fmt, subtype)
+    subtype, frames = written
+    return AudioInfo(str(path), sample_rate, channels, frames, fmt, subtype)
+
+
+def _finite_block(path: Path, block: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(block).all():
+        raise AudioError(path, "refusing to write NaN or infinite samples")
+    return block
 
 
 def _reason(err: Exception) -> str:
@@ -190,21 +205,34 @@ def _output_choices(path: Path, like: AudioInfo | None) -> tuple[str, list[str]]
 
 
 def _write_first(
-    tmp: Path, data: np.ndarray, sample_rate: int, fmt: str, subtypes: list[str]
-) -> str | None:
+    tmp: Path,
+    blocks: Iterable[torch.Tensor],
+    sample_rate: int,
+    channels: int,
+    fmt: str,
+    subtypes: list[str],
+) -> tuple[str, int] | None:
     """Write with the first subtype libsndfile accepts for this rate and channel count.
 
     Asking libsndfile is the only reliable test: it alone knows which encoders it was built
-    with and what each accepts.
+    with and what each accepts. Returns the subtype and the frames written.
     """
     for subtype in subtypes:
         try:
-            f = sf.SoundFile(tmp, "w", sample_rate, data.shape[1], subtype, format=fmt)
+            f = sf.SoundFile(tmp, "w", sample_rate, channels, subtype, format=fmt)
         except (sf.LibsndfileError, ValueError):
             continue
+        frames = 0
         with f:
-            f.write(data if subtype in _FLOAT_SUBTYPES else np.clip(data, -1.0, 1.0))
-        return subtype
+            for block in blocks:
+                data = block.detach().to("cpu", torch.float32).T.contiguous().numpy()
+                if not np.isfinite(data).all():
+                    raise AudioError(
+                        tmp.name[1:].rsplit(".", 2)[0], "refusing to write NaN or infinite samples"
+                    )
+                f.write(data if subtype in _FLOAT_SUBTYPES else np.clip(data, -1.0, 1.0))
+                frames += data.shape[0]
+        return subtype, frames
     return None
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import click
 
 from guard import audio as audio_io
 from guard.progress import progress
+from watermark.keyed import EMBED_CHUNK_SECONDS, KeyedBackend
 from watermark.keys import read_key, write_key
 from watermark.registry import BACKENDS, create_backend
 from watermark.types import Detection, WatermarkBackend, WatermarkError
@@ -20,6 +23,10 @@ def _backend(name: str, key_file: str | None, weights: str | None) -> WatermarkB
     if name == "keyed" and key is None:
         raise WatermarkError("the keyed watermark needs --key KEYFILE (create one with keygen)")
     return create_backend(name, key=key, weights=weights)
+
+
+STREAM_SECONDS = 300  # longer keyed embeds stream block by block
+VERIFY_SECONDS = 120  # how much of a streamed output is read back to verify it
 
 
 @click.group()
@@ -67,17 +74,21 @@ def embed(
     if Path(source).resolve() == Path(target).resolve():
         raise click.UsageError("TARGET must differ from SOURCE; the original is never overwritten")
     mark = _backend(backend, key_file, weights)
-    samples, info = audio_io.load(source)
-    result = mark.embed(samples, info.sample_rate, payload)
-    written = audio_io.save(target, result.audio, info.sample_rate, like=info)
-    check = result.verification
+    info = audio_io.probe(source)
+    if isinstance(mark, KeyedBackend) and info.duration > STREAM_SECONDS:
+        written, marked_seconds, snr, check = _embed_streaming(mark, source, target, info, payload)
+    else:
+        samples, info = audio_io.load(source)
+        result = mark.embed(samples, info.sample_rate, payload)
+        written = audio_io.save(target, result.audio, info.sample_rate, like=info)
+        marked_seconds, snr, check = result.marked_seconds, result.snr_db, result.verification
     report = {
         "path": target,
         "source": source,
         "backend": backend,
-        "marked_seconds": round(result.marked_seconds, 2),
+        "marked_seconds": round(marked_seconds, 2),
         "duration": round(info.duration, 2),
-        "snr_db": round(result.snr_db, 2),
+        "snr_db": round(snr, 2),
         "format": written.format,
         "subtype": written.subtype,
         "verification": check.to_dict(),
@@ -86,11 +97,43 @@ def embed(
         click.echo(json.dumps(report))
         return
     click.echo(
-        f"{target}: marked {result.marked_seconds:.1f} s of {info.duration:.1f} s "
-        f"({written.format}/{written.subtype}, {info.sample_rate} Hz), SNR {result.snr_db:.1f} dB; "
+        f"{target}: marked {marked_seconds:.1f} s of {info.duration:.1f} s "
+        f"({written.format}/{written.subtype}, {info.sample_rate} Hz), SNR {snr:.1f} dB; "
         f"verified: p-value {check.p_value:.2g}"
         + (f", payload {check.payload}" if check.payload else "")
     )
+
+
+def _embed_streaming(
+    mark: KeyedBackend, source: str, target: str, info: audio_io.AudioInfo, payload: str | None
+) -> tuple[audio_io.AudioInfo, float, float, Detection]:
+    """Mark a long file block by block so memory stays bounded, then verify the output.
+
+    Verification reads back the first minutes of the written file (the whole file would cost
+    as much memory as we just saved); the SNR is accumulated as blocks go by.
+    """
+    rate = info.sample_rate
+    tally: list[float] = []
+    energy = [0.0, 0.0]  # host, mark
+
+    def measured(pairs):
+        for host, marked in pairs:
+            energy[0] += float(host.double().square().sum())
+            energy[1] += float((marked - host).double().square().sum())
+            yield marked
+
+    # Blocks as long as the embedder's chunks, so the n-th marked chunk pairs with the n-th
+    # input block; tee keeps at most the two blocks of look-ahead the embedder needs.
+    blocks = audio_io.iter_blocks(source, EMBED_CHUNK_SECONDS * rate)
+    hosts, feed = itertools.tee(blocks)
+    marked = mark.embed_stream(feed, rate, payload, tally)
+    written = audio_io.save_blocks(
+        target, measured(zip(hosts, marked, strict=True)), rate, info.channels, like=info
+    )
+    head = next(audio_io.iter_blocks(target, VERIFY_SECONDS * rate))
+    check = mark.verify(head, rate, payload, sum(tally))
+    snr = 10 * math.log10(energy[0] / energy[1]) if energy[1] > 0 else math.inf
+    return written, sum(tally), snr, check
 
 
 @watermark.command()

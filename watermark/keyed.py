@@ -7,7 +7,10 @@ decoding and segments.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +23,7 @@ from watermark.types import DEFAULT_P_THRESHOLD, Detection, EmbedResult, Segment
 from watermark.types import snr_db as measure_snr
 
 MIN_RATE = 8000
+CALIBRATION = Path(__file__).with_name("keyed_calibration.json")
 EMBED_CHUNK_SECONDS = 60  # a multiple of 2 s keeps chunks on the frame grid
 EMBED_CONTEXT_SECONDS = 2
 DETECT_CHUNK_SECONDS = 8.0
@@ -64,34 +68,15 @@ class KeyedBackend:
         self._spectra = dsp.SyncSpectra.of(self._pattern)
         self._search = dsp.hypotheses(self.params)
         self._coarse = [h for h in self._search if _on_coarse_grid(h, self.params)]
+        self._tests = _effective_tests(self.params, len(self._search))
 
     # -- embedding -------------------------------------------------------------------------
 
     def embed(self, audio: torch.Tensor, sample_rate: int, payload: str | None) -> EmbedResult:
-        if sample_rate < MIN_RATE:
-            raise WatermarkError(
-                f"the keyed watermark needs a sample rate of at least {MIN_RATE} Hz, "
-                f"got {sample_rate} Hz"
-            )
-        if payload is None:
-            raise WatermarkError("the keyed watermark needs a payload (--payload HEX)")
-        try:
-            codeword = coding.encode(payload)
-        except ValueError as exc:
-            raise WatermarkError(str(exc)) from None
-        delta, marked_frames = self._delta(audio, sample_rate, codeword)
-        marked = audio + delta
-        marked_seconds = marked_frames * self.params.hop / self.params.rate
-        verification = self.detect(marked, sample_rate)
-        expected = coding.bits_to_payload(coding.payload_to_bits(payload))
-        if marked_seconds == 0.0:
-            raise WatermarkError("the audio is too quiet to carry a mark; nothing was marked")
-        if not verification.detected or verification.payload != expected:
-            raise WatermarkError(
-                f"the mark did not read back after embedding (p-value {verification.p_value:.2g}, "
-                f"payload {verification.payload}); {marked_seconds:.1f} s of the audio could "
-                "carry it, which is too little or too quiet"
-            )
+        tally: list[float] = []
+        marked = torch.cat(list(self.embed_stream([audio], sample_rate, payload, tally)), dim=1)
+        marked_seconds = sum(tally)
+        verification = self.verify(marked, sample_rate, payload, marked_seconds)
         return EmbedResult(
             audio=marked,
             sample_rate=sample_rate,
@@ -100,29 +85,102 @@ class KeyedBackend:
             verification=verification,
         )
 
-    def _delta(
-        self, audio: torch.Tensor, sample_rate: int, codeword: np.ndarray
-    ) -> tuple[torch.Tensor, int]:
-        """The mark at the native rate, computed in chunks with context on both sides."""
-        rate = self.params.rate
+    def verify(
+        self, marked: torch.Tensor, sample_rate: int, payload: str | None, marked_seconds: float
+    ) -> Detection:
+        """Detect the mark just embedded; raise if it is missing or reads a wrong payload."""
+        if marked_seconds == 0.0:
+            raise WatermarkError("the audio is too quiet to carry a mark; nothing was marked")
+        verification = self.detect(marked, sample_rate)
+        self._codeword(payload)  # the same sentence as embed for a missing or bad payload
+        expected = coding.bits_to_payload(coding.payload_to_bits(str(payload)))
+        if not verification.detected or verification.payload != expected:
+            raise WatermarkError(
+                f"the mark did not read back after embedding (p-value {verification.p_value:.2g}, "
+                f"payload {verification.payload}); {marked_seconds:.1f} s of the audio could "
+                "carry it, which is too little or too quiet"
+            )
+        return verification
+
+    def _check_rate(self, sample_rate: int) -> None:
+        if sample_rate < MIN_RATE:
+            raise WatermarkError(
+                f"the keyed watermark needs a sample rate of at least {MIN_RATE} Hz, "
+                f"got {sample_rate} Hz"
+            )
+
+    @staticmethod
+    def _codeword(payload: str | None) -> np.ndarray:
+        if payload is None:
+            raise WatermarkError("the keyed watermark needs a payload (--payload HEX)")
+        try:
+            return coding.encode(payload)
+        except ValueError as exc:
+            raise WatermarkError(str(exc)) from None
+
+    def embed_stream(
+        self,
+        blocks: Iterable[torch.Tensor],
+        sample_rate: int,
+        payload: str | None,
+        tally: list[float],
+    ) -> Iterator[torch.Tensor]:
+        """Mark audio that arrives in blocks, yielding marked blocks; memory stays bounded.
+
+        Each 60 s chunk is marked with 2 s of context on both sides, so the output does not
+        depend on how the input was split. Seconds that carry the mark are appended to
+        ``tally`` as chunks finish. The caller verifies the output (see :meth:`embed`).
+        """
+        self._check_rate(sample_rate)
+        codeword = self._codeword(payload)
         chunk = EMBED_CHUNK_SECONDS * sample_rate
         context = EMBED_CONTEXT_SECONDS * sample_rate
+        buffer: torch.Tensor | None = None
+        origin = emitted = 0  # global sample index of buffer[:, 0] / of the next output
+        for block in blocks:
+            buffer = block if buffer is None else torch.cat([buffer, block], dim=1)
+            while origin + buffer.shape[1] - emitted >= chunk + context:
+                yield self._marked_chunk(
+                    buffer, origin, emitted, chunk, None, sample_rate, codeword, tally
+                )
+                emitted += chunk
+                drop = max(0, emitted - context - origin)
+                buffer, origin = buffer[:, drop:], origin + drop
+        end = origin + (0 if buffer is None else buffer.shape[1])
+        while emitted < end:
+            yield self._marked_chunk(
+                buffer, origin, emitted, chunk, end, sample_rate, codeword, tally
+            )
+            emitted += chunk
+
+    def _marked_chunk(
+        self,
+        buffer: torch.Tensor,
+        origin: int,
+        start: int,
+        chunk: int,
+        end: int | None,
+        sample_rate: int,
+        codeword: np.ndarray,
+        tally: list[float],
+    ) -> torch.Tensor:
+        """Samples ``start .. start + chunk`` of the stream, marked; ``end`` ends the stream."""
+        rate = self.params.rate
+        context = EMBED_CONTEXT_SECONDS * sample_rate
+        available = origin + buffer.shape[1] if end is None else end
+        stop = min(available, start + chunk)
+        lo, hi = max(origin, start - context), min(available, stop + context)
         frames_per_second = rate / self.params.hop
-        total = audio.shape[-1]
-        delta = torch.zeros_like(audio)
-        marked_frames = 0
-        for start in range(0, total, chunk):
-            stop = min(total, start + chunk)
-            lo, hi = max(0, start - context), min(total, stop + context)
-            low_rate = _resample(audio[:, lo:hi], sample_rate, rate)
-            first_frame = round(lo / sample_rate * frames_per_second)
-            part, active = self._reinforced_delta(low_rate, codeword, first_frame)
-            part = _fit(_resample(part, rate, sample_rate), hi - lo)
-            delta[:, start:stop] = part[:, start - lo : stop - lo]
-            frame_times = (torch.arange(active.shape[0]) + first_frame) / frames_per_second
-            inside = (frame_times >= start / sample_rate) & (frame_times < stop / sample_rate)
-            marked_frames += int((active & inside).sum())
-        return delta, marked_frames
+        host = buffer[:, lo - origin : hi - origin]
+        first_frame = round(lo / sample_rate * frames_per_second)
+        part, active = self._reinforced_delta(
+            _resample(host, sample_rate, rate), codeword, first_frame
+        )
+        part = _fit(_resample(part, rate, sample_rate), hi - lo)
+        frame_times = (torch.arange(active.shape[0]) + first_frame) / frames_per_second
+        inside = (frame_times >= start / sample_rate) & (frame_times < stop / sample_rate)
+        tally.append(float((active & inside).sum()) / frames_per_second)
+        return host[:, start - lo : stop - lo] + part[:, start - lo : stop - lo]
 
     def _reinforced_delta(
         self, low_rate: torch.Tensor, codeword: np.ndarray, first_frame: int
@@ -167,16 +225,14 @@ class KeyedBackend:
     # -- detection -------------------------------------------------------------------------
 
     def detect(self, audio: torch.Tensor, sample_rate: int) -> Detection:
-        if sample_rate < MIN_RATE:
-            raise WatermarkError(
-                f"the keyed watermark needs a sample rate of at least {MIN_RATE} Hz, "
-                f"got {sample_rate} Hz"
-            )
+        self._check_rate(sample_rate)
         rate = self.params.rate
         mono = _resample(audio.mean(0), sample_rate, rate)
         chunk = int(DETECT_CHUNK_SECONDS * rate)
-        starts = [0] if mono.shape[0] <= chunk * 1.25 else range(0, mono.shape[0], chunk // 2)
-        found = [self._detect_chunk(mono[s : s + chunk], s) for s in starts]
+        # Back-to-back chunks; a short tail joins the chunk before it.
+        starts = list(range(0, max(1, mono.shape[0] - chunk // 2), chunk))
+        ends = starts[1:] + [mono.shape[0]]
+        found = [self._detect_chunk(mono[s:e], s) for s, e in zip(starts, ends, strict=True)]
         found = [f for f in found if f is not None]
         if not found:
             return Detection(self.name, False, 1.0)
@@ -202,6 +258,18 @@ class KeyedBackend:
             },
         )
 
+    def null_scores(self, audio: torch.Tensor, sample_rate: int) -> tuple[float, float]:
+        """Best score on the untouched grid and over the whole stretch grid (no shortcuts).
+
+        This is what ``scripts/calibrate_keyed.py`` measures on unmarked audio to turn
+        scores into p-values.
+        """
+        low = _resample(audio.mean(0), sample_rate, self.params.rate)
+        features = dsp.cumulative_bins(dsp.detector_features(low, self.params))
+        quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
+        full, _ = dsp.align(features, self._spectra, self.params, self._search)
+        return quick.z, max(quick.z, full.z)
+
     def _detect_chunk(
         self, chunk: torch.Tensor, start: int
     ) -> tuple[float, dsp.Alignment, torch.Tensor, int] | None:
@@ -215,7 +283,7 @@ class KeyedBackend:
             return None
         features = dsp.cumulative_bins(dsp.detector_features(chunk, self.params))
         quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
-        p_quick = 2.0 * _tail_p(quick.z, self.params.slots)
+        p_quick = 2.0 * _tail_p(quick.z, self._tests["quick"])
         if p_quick < self.threshold:
             return p_quick, quick, features, start
         coarse, scores = dsp.align(features, self._spectra, self.params, self._coarse)
@@ -223,7 +291,7 @@ class KeyedBackend:
         fine = [h for h in self._search if any(_near(h, lead, self.params) for lead in leaders)]
         refined, _ = dsp.align(features, self._spectra, self.params, fine)
         best = max((quick, coarse, refined), key=lambda a: a.z)
-        p_full = 2.0 * _tail_p(best.z, self.params.slots * len(self._search))
+        p_full = 2.0 * _tail_p(best.z, self._tests["search"])
         return min(p_quick, p_full), best, features, start
 
     def _segments(self, hits, payload: str | None, total: int) -> list[Segment]:
@@ -239,6 +307,23 @@ class KeyedBackend:
             hit = (scores > LOCAL_THRESHOLD).numpy()
             marked[first : first + len(hit)] |= hit[: len(marked) - first]
         return _runs(marked, frame_seconds)
+
+
+def _effective_tests(params: dsp.KeyedParams, hypotheses: int) -> dict[str, float]:
+    """How many independent tests each stage is worth, for the p-value.
+
+    Measured on unmarked audio by ``scripts/calibrate_keyed.py`` when its file matches these
+    parameters; otherwise the union bound (every shift of every hypothesis), which is always
+    conservative.
+    """
+    union = {"quick": float(params.slots), "search": float(params.slots * hypotheses)}
+    try:
+        measured = json.loads(CALIBRATION.read_text())
+    except (OSError, ValueError):
+        return union
+    if measured.get("params") != repr(params):
+        return union
+    return {"quick": measured["quick_tests"], "search": measured["search_tests"]}
 
 
 def _on_coarse_grid(hyp: dsp.Hypothesis, params: dsp.KeyedParams) -> bool:

@@ -56,7 +56,7 @@ class KeyedParams:
     silence_dbfs: float = -70.0  # frames below this absolute level are left unmarked
     envelope_bins: int = 4  # half-width of the moving average that removes the envelope
     time_whitening: float = 0.75  # share of the neighbouring cells' features subtracted
-    oversample: int = 4  # the detector's hop is hop / oversample
+    oversample: int = 2  # the detector's hop is hop / oversample
     max_stretch: float = 0.06  # tempo search range (±)
     max_speed: float = 0.04  # speed (resampling) search range (±)
     stretch_step: float = 0.0025
@@ -205,23 +205,27 @@ def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
     """
     power = stft(x[None], params, params.hop // params.oversample)[0].abs().square()
     log_power = torch.log(power + 1e-4 * power.mean() + 1e-20)
-    width = 2 * params.envelope_bins + 1
-    padded = torch.nn.functional.pad(
-        log_power.T[:, None], (params.envelope_bins,) * 2, mode="replicate"
-    )
-    envelope = torch.nn.functional.avg_pool1d(padded, width, stride=1)[:, 0].T
     band = slice(params.lo_bin, params.hi_bin)
+    # Envelope: mean log-power of the bins within ±envelope_bins (all inside the spectrum).
+    reach = params.envelope_bins
+    running = torch.cat([torch.zeros_like(log_power[:1]), log_power.cumsum(0)])
+    envelope = (
+        running[band.start + reach + 1 : band.stop + reach + 1]
+        - running[band.start - reach : band.stop - reach]
+    ) / (2 * reach + 1)
     in_band = power[band]
     weight = (in_band / (in_band.mean(0, keepdim=True) + 1e-20)).pow(-params.gamma)
     weight = weight.clamp(max=math.exp(params.max_gain) * 4.0)
     features = torch.zeros_like(log_power)
-    features[band] = (log_power - envelope)[band] * weight
+    whitened = (log_power[band] - envelope) * weight
     # The host's fine structure lingers for longer than a cell; the key's signs do not, so
     # subtracting the neighbouring cells' features removes host noise and keeps the mark.
     lag = params.frames_per_cell * params.oversample
-    padded = torch.nn.functional.pad(features[None], (lag, lag), mode="replicate")[0]
-    neighbours = 0.5 * (padded[:, : -2 * lag] + padded[:, 2 * lag :])
-    return features - params.time_whitening * neighbours
+    neighbours = torch.zeros_like(whitened)
+    neighbours[:, lag:] += 0.5 * whitened[:, :-lag]
+    neighbours[:, :-lag] += 0.5 * whitened[:, lag:]
+    features[band] = whitened - params.time_whitening * neighbours
+    return features
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""The watermark commands end to end: files in, files and JSON lines out, exit codes."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from guard import cli_watermark
+from guard.cli import cli
+
+
+@pytest.fixture()
+def run():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture()
+def key(tmp_path, run):
+    path = tmp_path / "org.key"
+    assert run("watermark", "keygen", str(path)).exit_code == 0
+    return path
+
+
+def test_keygen_writes_a_private_key_and_never_overwrites(tmp_path, run, key):
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_text().split()[-1]) == 64
+    before = key.read_text()
+    result = CliRunner().invoke(cli, ["watermark", "keygen", str(key)])
+    assert result.exit_code != 0
+    assert key.read_text() == before
+
+
+def test_embed_then_detect_json(tmp_path, run, key, samples_dir):
+    source = samples_dir / "speech" / "warzone_tutorial_tut73.flac"
+    target = tmp_path / "marked.flac"
+    out = run(
+        "watermark",
+        "embed",
+        str(source),
+        str(target),
+        "--key",
+        str(key),
+        "--payload",
+        "c0ffee01",
+        "--json",
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["verification"]["payload"] == "c0ffee01"
+    assert sf.info(target).samplerate == sf.info(source).samplerate
+    assert sf.info(target).frames == sf.info(source).frames
+    assert sf.info(target).subtype == sf.info(source).subtype
+
+    found = run("watermark", "detect", str(target), str(source), "--key", str(key), "--json")
+    lines = [json.loads(line) for line in found.output.splitlines()]
+    assert found.exit_code == 0
+    assert [line["detected"] for line in lines] == [True, False]
+    assert lines[0]["payload"] == "c0ffee01"
+    assert lines[0]["p_value"] < 1e-6
+    assert lines[0]["segments"][0]["start"] < 0.5
+
+
+def test_detect_reports_bad_files_and_finishes_the_others(tmp_path, run, key, samples_dir):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    good = samples_dir / "music" / "drascula_track6.flac"
+    result = CliRunner().invoke(
+        cli, ["watermark", "detect", str(broken), str(good), "--key", str(key), "--json"]
+    )
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert lines[0]["path"] == str(broken) and "broken.wav" in lines[0]["error"]
+    assert "Traceback" not in result.output
+    assert lines[1]["detected"] is False
+
+
+def test_long_files_stream_in_blocks(tmp_path, run, key, samples_dir, monkeypatch):
+    monkeypatch.setattr(cli_watermark, "STREAM_SECONDS", 30)
+    data, rate = sf.read(samples_dir / "music" / "pathological_background.flac", dtype="float32")
+    long = np.tile(data, (int(np.ceil(130 * rate / len(data))),) + (1,) * (data.ndim - 1))
+    source = tmp_path / "long.wav"
+    sf.write(source, long[: 130 * rate], rate, subtype="PCM_16")
+    target = tmp_path / "long.marked.wav"
+    out = run(
+        "watermark",
+        "embed",
+        str(source),
+        str(target),
+        "--key",
+        str(key),
+        "--payload",
+        "1234abcd",
+        "--json",
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["marked_seconds"] > 120
+    assert 28 < report["snr_db"] < 40
+    assert sf.info(target).frames == 130 * rate
+    marked, _ = sf.read(target, dtype="float32")
+    tail = tmp_path / "tail.wav"
+    sf.write(tail, marked[100 * rate :], rate)  # crosses the 120 s chunk boundary
+    found = run("watermark", "detect", str(tail), "--key", str(key), "--json")
+    assert json.loads(found.output)["payload"] == "1234abcd"
+
+
+def test_keyed_needs_a_key(run, samples_dir):
+    result = CliRunner().invoke(
+        cli, ["watermark", "detect", str(samples_dir / "speech")], catch_exceptions=True
+    )
+    assert result.exit_code != 0

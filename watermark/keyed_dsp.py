@@ -151,13 +151,36 @@ def _row_energy(power: torch.Tensor, params: KeyedParams) -> torch.Tensor:
     return band.reshape(params.rows, params.bins_per_cell, -1).sum(1)
 
 
-def mark_gains(
-    power: torch.Tensor, signs: torch.Tensor, first_frame: int, params: KeyedParams
-) -> torch.Tensor:
-    """Log-gain of every (row, frame) for a mono power spectrogram ``(bins, frames)``.
+@dataclass(frozen=True)
+class MarkPlan:
+    """Everything about marking one stretch of audio that does not depend on the signs.
 
-    ``first_frame`` is the global index of frame 0, so that chunks of a long file line up.
+    Informed embedding renders the same plan with several sign patterns, so the STFT and
+    the gain allocation are computed once.
     """
+
+    spec: torch.Tensor  # (channels, bins, frames)
+    strength: torch.Tensor  # (rows, frames) log-gain magnitude, 0 where nothing is marked
+    column: torch.Tensor  # (frames,) pattern column of each frame
+    length: int
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Frames that carry the mark."""
+        return (self.strength > 0).any(0)
+
+
+def plan_mark(x: torch.Tensor, first_frame: int, params: KeyedParams) -> MarkPlan:
+    """Allocate the mark's strength over ``x`` (channels, n) at ``params.rate``.
+
+    Quiet bins get larger gains than loud ones (``gamma``), each frame's mark stays
+    ``band_snr_db`` below the frame, and frames near silence are left alone. The gains come
+    from the channel mix and apply to every channel, so a downmix carries the same mark and a
+    silent channel stays silent. ``first_frame`` is the global index of frame 0, so that
+    chunks of a long file line up.
+    """
+    spec = stft(x, params, params.hop)
+    power = spec.abs().square().mean(0)
     energy = _row_energy(power, params) + 1e-20
     full = power.sum(0)
     budget = full * 10.0 ** (-params.band_snr_db / 10.0)
@@ -169,32 +192,23 @@ def mark_gains(
     active = (full > loud) & (full > floor)
     frames = torch.arange(power.shape[1]) + first_frame
     column = (frames // params.frames_per_cell) % params.cells_per_period
-    return gains * signs[:, column] * active
+    return MarkPlan(spec, gains * active, column, x.shape[-1])
 
 
-def embed_delta(
-    x: torch.Tensor, signs: torch.Tensor, first_frame: int, params: KeyedParams
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mark to add to ``x`` (channels, n) at ``params.rate``, and which frames carry it.
-
-    The gains are computed once from the channel mix and applied to every channel, so a
-    downmix carries the same mark and a silent channel stays silent.
-    """
-    spec = stft(x, params, params.hop)
-    power = spec.abs().square().mean(0)
-    gains = mark_gains(power, signs, first_frame, params)
-    factor = torch.zeros(spec.shape[1:])
+def render_mark(plan: MarkPlan, signs: torch.Tensor, params: KeyedParams) -> torch.Tensor:
+    """The mark to add, for cell signs (and boosts) ``signs`` of shape (rows, cells)."""
+    gains = plan.strength * signs[:, plan.column]
+    factor = torch.zeros(plan.spec.shape[1:])
     rows_end = params.lo_bin + params.rows * params.bins_per_cell
     factor[params.lo_bin : rows_end] = gains.repeat_interleave(params.bins_per_cell, 0).expm1()
-    delta = torch.istft(
-        spec * factor,
+    return torch.istft(
+        plan.spec * factor,
         params.n_fft,
         params.hop,
         window=_window(params),
         center=True,
-        length=x.shape[-1],
+        length=plan.length,
     )
-    return delta, (gains != 0).any(0)
 
 
 def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""The Perth backend on real audio: round trip, no false alarms, shapes, segments, distortion.
+
+PerthNet's weights ship inside the resemble-perth wheel, so these run offline. The clips are
+the bundled ``samples/`` (read with soundfile); none of them is in the calibration corpus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torchaudio.functional import resample
+
+pytest.importorskip("perth", reason="resemble-perth is not installed")
+
+from watermark.backends.perth_backend import PerthBackend  # noqa: E402
+from watermark.types import Detection  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SPEECH_16K = SAMPLES / "speech" / "fillets_society_stebet0.flac"
+SPEECH_16K_OTHER = SAMPLES / "speech" / "warzone_tutorial_tut73.flac"
+SPEECH_8K = SAMPLES / "speech" / "allison_vm_instructions_8k.flac"
+MUSIC_STEREO_44K = SAMPLES / "music" / "singularity_awakening_44k_stereo.flac"
+
+
+def _read(path: Path) -> tuple[torch.Tensor, int]:
+    if not path.exists():
+        pytest.skip(f"bundled sample {path.name} is missing")
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return torch.from_numpy(data.T.copy()), rate
+
+
+@pytest.fixture(scope="module")
+def backend() -> PerthBackend:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return PerthBackend()
+
+
+@pytest.fixture(scope="module")
+def marked_speech(backend: PerthBackend):
+    audio, rate = _read(SPEECH_16K)
+    return audio, rate, backend.embed(audio, rate, payload=None)
+
+
+def test_embed_then_detect_finds_the_mark_with_a_small_p_value(backend, marked_speech):
+    _, rate, result = marked_speech
+    found = backend.detect(result.audio, rate)
+    assert isinstance(found, Detection)
+    assert found.backend == "perth"
+    assert found.detected
+    assert found.payload is None
+    assert found.p_value < backend.threshold
+    assert found.p_value > 0.0  # never exactly zero: it comes from a finite null
+    assert result.verification.detected
+
+
+PERTH_MUSIC_FALSE_ALARMS = {"drascula_track6", "singularity_awakening_44k_stereo"}
+"""Known limitation, measured in perth_calibration.json: PerthNet's decoder scores 7.6% of
+unmarked music stretches 0.9 or more, as high as marked audio, so at the p < 0.05 that marked
+speech needs, tonal music is flagged too. Strict: if Perth stops flagging them, we want to know."""
+
+
+def _sample_param(path: Path):
+    if path.stem in PERTH_MUSIC_FALSE_ALARMS:
+        reason = "PerthNet scores this unmarked music like marked audio (see calibration json)"
+        return pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason))
+    return path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [_sample_param(p) for p in sorted(SAMPLES.glob("*/*.flac"))],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_unmarked_samples_are_not_detected(backend, path):
+    audio, rate = _read(path)
+    found = backend.detect(audio, rate)
+    assert not found.detected, f"false alarm on {path.name}: p = {found.p_value:.3g}"
+    assert found.segments == ()
+
+
+@pytest.mark.parametrize("kind", ["white", "pink"])
+def test_unmarked_noise_is_not_detected(backend, kind):
+    rng = np.random.default_rng(7)
+    noise = rng.standard_normal(16_000 * 6)
+    if kind == "pink":
+        spectrum = np.fft.rfft(noise)
+        spectrum /= np.sqrt(np.maximum(np.arange(spectrum.shape[0]), 1))
+        noise = np.fft.irfft(spectrum, noise.shape[0])
+    audio = torch.from_numpy((0.1 * noise / noise.std()).astype(np.float32))[None]
+    assert not backend.detect(audio, 16_000).detected
+
+
+def test_16k_mono_keeps_shape_rate_and_dtype(marked_speech):
+    audio, rate, result = marked_speech
+    assert result.audio.shape == audio.shape == (1, audio.shape[1])
+    assert result.audio.dtype == torch.float32
+    assert result.sample_rate == rate == 16_000
+    assert result.marked_seconds == pytest.approx(audio.shape[1] / rate, abs=0.5)
+
+
+def test_44k_stereo_keeps_shape_and_rate_and_leaves_high_band_alone(backend):
+    audio, rate = _read(MUSIC_STEREO_44K)
+    assert audio.shape[0] == 2 and rate == 44_100
+    result = backend.embed(audio, rate, payload=None)
+    assert result.audio.shape == audio.shape
+    assert result.sample_rate == rate
+    assert backend.detect(result.audio, rate).detected
+    # the mark is computed at 32 kHz below 2 kHz and only its difference is added back,
+    # so the spectrum above 4 kHz is (to float precision) the host's
+    diff = np.fft.rfft((result.audio - audio).numpy(), axis=1)
+    host = np.fft.rfft(audio.numpy(), axis=1)
+    high = np.fft.rfftfreq(audio.shape[1], 1 / rate) > 4_000
+    assert np.sum(np.abs(diff[:, high]) ** 2) < 1e-3 * np.sum(np.abs(host[:, high]) ** 2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a marked 4 s stretch gets p of about 1e-2 (unmarked music reaches the same scores); "
+    "times 16 stretches in an 18 s file that misses p < 0.05: Perth cannot localise a 5 s mark",
+)
+def test_segments_cover_a_marked_stretch_between_unmarked_audio(backend):
+    before, rate = _read(SPEECH_16K_OTHER)
+    middle, rate_middle = _read(SPEECH_16K)
+    after, rate_after = _read(SPEECH_8K)
+    assert rate == rate_middle == 16_000
+    after = resample(after, rate_after, rate)
+    marked = backend.embed(middle, rate, payload=None).audio
+    spliced = torch.cat([before, marked, after], dim=1)
+    start = before.shape[1] / rate
+    end = start + marked.shape[1] / rate
+
+    found = backend.detect(spliced, rate)
+
+    assert found.detected
+    covered = sum(max(0.0, min(s.end, end) - max(s.start, start)) for s in found.segments)
+    assert covered >= 0.8 * (end - start)
+    slack = 3.0  # a 4 s stretch passes once two of its three 2 s windows are mostly marked
+    assert all(s.start >= start - slack and s.end <= end + slack for s in found.segments)
+
+
+def test_marked_audio_differs_from_the_host_only_slightly(marked_speech):
+    audio, _, result = marked_speech
+    print(f"Perth SNR on {SPEECH_16K.name}: {result.snr_db:.1f} dB")
+    assert result.snr_db > 10.0  # PerthNet's own level is about 14-16 dB
+    assert torch.max(torch.abs(result.audio - audio)) < 0.5 * torch.max(torch.abs(audio))
+    assert not torch.equal(result.audio, audio)
+
+
+def test_too_short_input_is_refused_with_a_sentence(backend):
+    from watermark.types import WatermarkError
+
+    with pytest.raises(WatermarkError, match="at least"):
+        backend.detect(torch.zeros(1, 100), 16_000)

@@ -49,7 +49,7 @@ class KeyedParams:
     bins_per_cell: int = 2
     frames_per_cell: int = 2
     cells_per_period: int = 64
-    band_snr_db: float = 28.5  # mark energy per frame below the frame's energy in the 4 kHz band
+    band_snr_db: float = 28.8  # mark energy per frame below the frame's energy in the 4 kHz band
     gamma: float = 0.5  # how strongly quiet bins are favoured (0: equal dB everywhere)
     max_gain: float = 0.6  # largest log-gain of a cell (nats; 0.6 ≈ 5 dB on the quietest bins)
     gate_db: float = 45.0  # frames this far below the loudest frame are left unmarked

@@ -73,6 +73,10 @@ P_THRESHOLD = 1e-3
 """Reported as detected below this p-value; see the card for why not the keyed mark's 1e-6."""
 GAP_SECONDS = 0.3
 MIN_SEGMENT_SECONDS = 0.2
+ENVELOPE_FLOOR = 1e-5
+NORMALIZED_INPUT = "normalize_to_envelope"
+"""Metadata value of ``input`` for models trained on ``normalize_to_envelope``'s output."""
+"""Added to the envelope in ``normalize_to_envelope`` so near-silence is not blown up."""
 SILENCE_LEVEL = 2.0**-16
 """Below half a 16-bit step every sample of a 10 ms frame is digital silence: left unmarked."""
 
@@ -176,21 +180,24 @@ def save_model(
     config: dict[str, Any],
     path: Path,
     envelope_snr_db: float | None = None,
+    normalized_input: bool = False,
 ) -> None:
-    """Write a model as safetensors with its kind and config (and envelope) in the metadata."""
+    """Write a model as safetensors with its kind and config in the metadata, and how its
+    input and output are scaled (``normalize_to_envelope``, ``shape_to_envelope``) if they are."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"kind": kind, "config": json.dumps(config)}
     if envelope_snr_db is not None:
         meta["envelope_snr_db"] = str(envelope_snr_db)
+    if normalized_input:
+        meta["input"] = NORMALIZED_INPUT
     save_file(state, str(path), metadata=meta)
 
 
-def _envelope_of(path: Path) -> float | None:
+def _metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        value = (f.metadata() or {}).get("envelope_snr_db")
-    return float(value) if value is not None else None
+        return dict(f.metadata() or {})
 
 
 def _model_from_safetensors(path: Path) -> tuple[str, torch.nn.Module]:
@@ -230,6 +237,7 @@ class _Pair:
     calibration: dict[str, Any] | None
     source: str
     envelope_snr_db: float | None = None
+    normalized_input: bool = False
 
 
 def _missing_official(folder: Path) -> WatermarkError:
@@ -262,10 +270,16 @@ def _read_calibration(folder: Path) -> dict[str, Any] | None:
 
 
 def _load_folder(folder: Path, source: str) -> _Pair:
-    envelope = None
+    envelope, normalized = None, False
     if _has(folder, SAFETENSORS_FILES):
         models = dict(_model_from_safetensors(folder / n) for n in SAFETENSORS_FILES.values())
-        envelope = _envelope_of(folder / SAFETENSORS_FILES["generator"])
+        meta = {k: _metadata(folder / n) for k, n in SAFETENSORS_FILES.items()}
+        if "envelope_snr_db" in meta["generator"]:
+            envelope = float(meta["generator"]["envelope_snr_db"])
+        inputs = {m.get("input") for m in meta.values()}
+        if len(inputs) != 1:
+            raise WatermarkError(f"{folder}: the generator and detector expect different inputs")
+        normalized = inputs == {NORMALIZED_INPUT}
     elif _has(folder, OFFICIAL_FILES):
         models = {
             k: m for k, m, _ in (_model_from_pth(folder / n) for n in OFFICIAL_FILES.values())
@@ -275,7 +289,7 @@ def _load_folder(folder: Path, source: str) -> _Pair:
     if set(models) != {"generator", "detector"}:
         raise WatermarkError(f"{folder} does not hold one AudioSeal generator and one detector")
     calibration = _read_calibration(folder)
-    return _Pair(models["generator"], models["detector"], calibration, source, envelope)
+    return _Pair(models["generator"], models["detector"], calibration, source, envelope, normalized)
 
 
 def resolve_weights(weights: str | Path | None) -> _Pair:
@@ -421,6 +435,20 @@ def shape_to_envelope(x: torch.Tensor, wm: torch.Tensor, snr_db: float) -> torch
     return wm * gain
 
 
+def normalize_to_envelope(x: torch.Tensor) -> torch.Tensor:
+    """Divide a (batch, 1, samples) signal by its own 20 ms RMS envelope.
+
+    What the small pair's generator and detector see instead of raw audio: the mark sits a fixed
+    number of dB under that envelope, so after this it has the same scale at -40 dBFS as at
+    -10, and the networks need not learn to work across the whole range of levels. Digital
+    silence stays zero.
+    """
+    power = torch.nn.functional.avg_pool1d(
+        x.pow(2), 2 * FRAME + 1, 1, FRAME, count_include_pad=False
+    )
+    return x / (power + ENVELOPE_FLOOR**2).sqrt()
+
+
 def _silence_mask(channel: torch.Tensor, rate: int) -> torch.Tensor:
     """1 where a 10 ms frame holds any sound, 0 where every sample is digital silence."""
     hop = max(1, rate // 100)
@@ -486,6 +514,7 @@ class AudioSealBackend:
         self.calibration = pair.calibration
         self.weights = pair.source
         self.envelope_snr_db = pair.envelope_snr_db
+        self.normalized_input = pair.normalized_input
 
     # -- embedding ------------------------------------------------------------------------------
 
@@ -523,7 +552,8 @@ class AudioSealBackend:
             ]
             message = bits.unsqueeze(0).repeat(len(batch), 1)
             x = _stack(inputs).unsqueeze(1)
-            marks = self.generator.get_watermark(x, message=message)
+            model_input = normalize_to_envelope(x) if self.normalized_input else x
+            marks = self.generator.get_watermark(model_input, message=message)
             if self.envelope_snr_db is not None:
                 marks = shape_to_envelope(x, marks, self.envelope_snr_db)
             for (c, b), x16, mark in zip(batch, inputs, marks[:, 0], strict=True):
@@ -607,7 +637,9 @@ class AudioSealBackend:
 
     def _raw_detector(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, 2 + NBITS, samples) logits; AudioSeal's own forward averages bits away."""
-        if self.detector.normalizer is not None:
+        if self.normalized_input:
+            x = normalize_to_envelope(x)
+        elif self.detector.normalizer is not None:
             x = self.detector.normalizer.loudness_normalization(x)
         return self.detector.detector(x)
 

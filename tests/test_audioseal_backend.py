@@ -1,0 +1,204 @@
+"""The AudioSeal backend end to end on the small AudioSeal-architecture pair the repo ships."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from watermark.backends.audioseal_backend import (
+    OFFICIAL_FILES,
+    AudioSealBackend,
+    convert_official_checkpoint,
+    window_p_value,
+)
+from watermark.types import WatermarkError
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def _read(name: str) -> tuple[torch.Tensor, int]:
+    data, rate = sf.read(str(SAMPLES / name), dtype="float32", always_2d=True)
+    return torch.from_numpy(data.T.copy()), rate
+
+
+@pytest.fixture(scope="module")
+def backend() -> AudioSealBackend:
+    return AudioSealBackend(weights="small")
+
+
+@pytest.fixture(scope="module")
+def speech() -> tuple[torch.Tensor, int]:
+    return _read("speech/fillets_society_stebet0.flac")
+
+
+def test_embed_then_detect_returns_the_payload(backend, speech):
+    audio, rate = speech
+    result = backend.embed(audio, rate, "beef")
+    assert result.audio.shape == audio.shape
+    assert result.verification.detected and result.verification.payload == "beef"
+    again = backend.detect(result.audio, rate)
+    assert again.detected and again.p_value < 1e-3
+    assert again.payload == "beef"
+    assert result.snr_db > 15.0
+    assert result.marked_seconds > 0.8 * audio.shape[-1] / rate
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
+    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
+)
+def test_every_payload_bit_is_carried(backend, speech):
+    audio, rate = speech
+    for payload in ("0000", "ffff", "a5c3"):
+        assert backend.detect(backend.embed(audio, rate, payload).audio, rate).payload == payload
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.relative_to(SAMPLES).as_posix() for p in SAMPLES.rglob("*.flac"))
+)
+def test_unmarked_samples_are_not_detected(backend, name):
+    audio, rate = _read(name)
+    detection = backend.detect(audio, rate)
+    assert not detection.detected
+    assert detection.payload is None and detection.segments == ()
+    assert detection.p_value > 1e-3
+
+
+def test_unmarked_noise_and_silence_are_not_detected(backend):
+    noise = 0.05 * torch.randn(1, 5 * 16_000, generator=torch.Generator().manual_seed(1))
+    assert not backend.detect(noise, 16_000).detected
+    assert not backend.detect(torch.zeros(1, 3 * 16_000), 16_000).detected
+
+
+def test_segments_cover_the_marked_stretch(backend):
+    music, rate = _read("music/pathological_background.flac")
+    speech, _ = _read("speech/warzone_tutorial_tut73.flac")
+    before, middle, after = music[:, : 3 * rate], speech[:, : 3 * rate], music[:, 4 * rate :]
+    marked = backend.embed(middle, rate, "1234").audio
+    detection = backend.detect(torch.cat([before, marked, after], dim=1), rate)
+    assert detection.detected and detection.payload == "1234"
+    assert len(detection.segments) == 1
+    assert abs(detection.segments[0].start - 3.0) < 0.25
+    assert abs(detection.segments[0].end - 6.0) < 0.25
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
+    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
+)
+def test_44k_stereo_keeps_shape_and_content_above_8khz(backend):
+    audio, rate = _read("music/singularity_awakening_44k_stereo.flac")
+    assert (audio.shape[0], rate) == (2, 44_100)
+    result = backend.embed(audio, rate, "c0de")
+    assert result.audio.shape == audio.shape and result.sample_rate == rate
+    freqs = torch.fft.rfftfreq(audio.shape[-1], 1 / rate)
+    change = torch.fft.rfft(result.audio - audio).abs().pow(2)
+    host = torch.fft.rfft(audio).abs().pow(2)
+    high, low = freqs > 8_500, freqs < 7_500
+    assert change[:, high].sum() < 1e-4 * host[:, high].sum()
+    assert change[:, low].sum() > 1e-4 * host[:, low].sum()  # the mark is really there
+    assert backend.detect(result.audio, rate).payload == "c0de"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
+    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
+)
+def test_long_input_is_marked_throughout(backend, speech):
+    audio, rate = speech
+    long = audio.repeat(1, 14)[:, : 70 * rate]
+    result = backend.embed(long, rate, "0f0f")
+    assert result.audio.shape == long.shape
+    detection = backend.detect(result.audio, rate)
+    assert detection.detected and detection.payload == "0f0f"
+    assert sum(s.end - s.start for s in detection.segments) > 60.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
+    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
+)
+def test_digital_silence_stays_silent(backend, speech):
+    audio, rate = speech
+    padded = torch.cat([torch.zeros(1, rate), audio], dim=1)
+    marked = backend.embed(padded, rate, "abcd").audio
+    assert torch.count_nonzero(marked[:, : rate - 160]) == 0
+
+
+def test_missing_official_weights_name_the_file(tmp_path):
+    with pytest.raises(WatermarkError) as error:
+        AudioSealBackend(weights=tmp_path)
+    message = str(error.value)
+    assert "facebook/audioseal" in message and str(tmp_path) in message
+    assert all(name in message for name in OFFICIAL_FILES.values())
+    with pytest.raises(WatermarkError, match="generator_base.pth"):
+        AudioSealBackend(weights=tmp_path / "generator_base.pth")
+
+
+class _Trap:
+    """Unpickling this runs code: it creates the file it names."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_checkpoint_with_a_disallowed_global_is_refused(tmp_path):
+    sprung = tmp_path / "sprung"
+    for name in OFFICIAL_FILES.values():
+        torch.save({"model": {"w": torch.zeros(1)}, "trap": _Trap(sprung)}, tmp_path / name)
+    with pytest.raises(WatermarkError, match="loaded safely"):
+        AudioSealBackend(weights=tmp_path)
+    assert not sprung.exists()
+
+
+def _official_like(model: torch.nn.Module, tmp_path: Path, name: str) -> Path:
+    """A checkpoint laid out as Meta publishes it: omegaconf config plus a state dict."""
+    from omegaconf import OmegaConf
+
+    path = tmp_path / name
+    torch.save(
+        {"xp.cfg": OmegaConf.create({"seanet": {"lstm": 2}}), "model": model.state_dict()}, path
+    )
+    return path
+
+
+def test_official_layout_loads_with_weights_only_and_converts(tmp_path):
+    from watermark.backends.audioseal_backend import CARDS, build_model, load_local_model_config
+
+    def official(kind: str) -> torch.nn.Module:
+        card = dict(load_local_model_config(CARDS[kind]))
+        return build_model(kind, {k: v for k, v in card.items() if k != "checkpoint"})
+
+    torch.manual_seed(0)
+    generator = _official_like(official("generator"), tmp_path, OFFICIAL_FILES["generator"])
+    detector = _official_like(official("detector"), tmp_path, OFFICIAL_FILES["detector"])
+    from_pth = AudioSealBackend(weights=tmp_path)
+    out = tmp_path / "converted"
+    convert_official_checkpoint(generator, out / "generator.safetensors")
+    convert_official_checkpoint(detector, out / "detector.safetensors")
+    assert (out / "generator.json").is_file()
+    from_safetensors = AudioSealBackend(weights=out)
+    x = 0.1 * torch.randn(1, 1, 16_000)
+    message = torch.ones(1, 16, dtype=torch.long)
+    with torch.inference_mode():
+        a = from_pth.generator.get_watermark(x, message=message)
+        b = from_safetensors.generator.get_watermark(x, message=message)
+    assert torch.equal(a, b) and a.abs().sum() > 0
+
+
+def test_p_value_is_never_zero_and_falls_with_the_score(backend):
+    calibration = backend.calibration
+    top = calibration["null_sorted"][-1]
+    assert window_p_value(calibration["null_sorted"][0], calibration) > 0.5
+    assert 0 < window_p_value(top + 50, calibration) < window_p_value(top, calibration)
+    assert window_p_value(top + 1e6, calibration) > 0

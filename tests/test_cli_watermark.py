@@ -24,6 +24,23 @@ def run():
     return invoke
 
 
+def embed_json(run, source, target, key, payload: str) -> dict:
+    """Run ``watermark embed --json`` and return its report, failing on a non-zero exit."""
+    out = run(
+        "watermark",
+        "embed",
+        str(source),
+        str(target),
+        "--key",
+        str(key),
+        "--payload",
+        payload,
+        "--json",
+    )
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
+
+
 @pytest.fixture()
 def key(tmp_path, run):
     path = tmp_path / "org.key"
@@ -43,19 +60,7 @@ def test_keygen_writes_a_private_key_and_never_overwrites(tmp_path, run, key):
 def test_embed_then_detect_json(tmp_path, run, key, samples_dir):
     source = samples_dir / "speech" / "warzone_tutorial_tut73.flac"
     target = tmp_path / "marked.flac"
-    out = run(
-        "watermark",
-        "embed",
-        str(source),
-        str(target),
-        "--key",
-        str(key),
-        "--payload",
-        "c0ffee01",
-        "--json",
-    )
-    assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    report = embed_json(run, source, target, key, "c0ffee01")
     assert report["verification"]["payload"] == "c0ffee01"
     assert sf.info(target).samplerate == sf.info(source).samplerate
     assert sf.info(target).frames == sf.info(source).frames
@@ -91,19 +96,7 @@ def test_long_files_stream_in_blocks(tmp_path, run, key, samples_dir, monkeypatc
     source = tmp_path / "long.wav"
     sf.write(source, long[: 130 * rate], rate, subtype="PCM_16")
     target = tmp_path / "long.marked.wav"
-    out = run(
-        "watermark",
-        "embed",
-        str(source),
-        str(target),
-        "--key",
-        str(key),
-        "--payload",
-        "1234abcd",
-        "--json",
-    )
-    assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    report = embed_json(run, source, target, key, "1234abcd")
     assert report["marked_seconds"] > 120
     assert 28 < report["snr_db"] < 40
     assert sf.info(target).frames == 130 * rate

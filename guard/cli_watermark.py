@@ -20,8 +20,6 @@ from watermark.types import Detection, WatermarkBackend, WatermarkError
 
 def _backend(name: str, key_file: str | None, weights: str | None) -> WatermarkBackend:
     key = read_key(key_file) if key_file else None
-    if name == "keyed" and key is None:
-        raise WatermarkError("the keyed watermark needs --key KEYFILE (create one with keygen)")
     return create_backend(name, key=key, weights=weights)
 
 

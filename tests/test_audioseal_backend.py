@@ -24,6 +24,13 @@ def _read(name: str) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(data.T.copy()), rate
 
 
+PAYLOAD_NOT_YET_RELIABLE = pytest.mark.xfail(
+    strict=True,
+    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
+    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
+)
+
+
 @pytest.fixture(scope="module")
 def backend() -> AudioSealBackend:
     return AudioSealBackend(weights="small")
@@ -46,11 +53,7 @@ def test_embed_then_detect_returns_the_payload(backend, speech):
     assert result.marked_seconds > 0.8 * audio.shape[-1] / rate
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
-    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
-)
+@PAYLOAD_NOT_YET_RELIABLE
 def test_every_payload_bit_is_carried(backend, speech):
     audio, rate = speech
     for payload in ("0000", "ffff", "a5c3"):
@@ -86,11 +89,7 @@ def test_segments_cover_the_marked_stretch(backend):
     assert abs(detection.segments[0].end - 6.0) < 0.25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
-    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
-)
+@PAYLOAD_NOT_YET_RELIABLE
 def test_44k_stereo_keeps_shape_and_content_above_8khz(backend):
     audio, rate = _read("music/singularity_awakening_44k_stereo.flac")
     assert (audio.shape[0], rate) == (2, 44_100)
@@ -105,11 +104,7 @@ def test_44k_stereo_keeps_shape_and_content_above_8khz(backend):
     assert backend.detect(result.audio, rate).payload == "c0de"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
-    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
-)
+@PAYLOAD_NOT_YET_RELIABLE
 def test_long_input_is_marked_throughout(backend, speech):
     audio, rate = speech
     long = audio.repeat(1, 14)[:, : 70 * rate]
@@ -120,11 +115,7 @@ def test_long_input_is_marked_throughout(backend, speech):
     assert sum(s.end - s.start for s in detection.segments) > 60.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
-    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
-)
+@PAYLOAD_NOT_YET_RELIABLE
 def test_digital_silence_stays_silent(backend, speech):
     audio, rate = speech
     padded = torch.cat([torch.zeros(1, rate), audio], dim=1)

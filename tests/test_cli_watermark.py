@@ -112,3 +112,4 @@ def test_keyed_needs_a_key(run, samples_dir):
         cli, ["watermark", "detect", str(samples_dir / "speech")], catch_exceptions=True
     )
     assert result.exit_code != 0
+    assert "--key KEYFILE" in str(result.exception)

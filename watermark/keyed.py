@@ -304,8 +304,8 @@ class KeyedBackend:
     def null_scores(self, audio: torch.Tensor, sample_rate: int) -> tuple[float, float]:
         """Best score on the untouched grid and over the whole stretch grid (no shortcuts).
 
-        This is what ``scripts/calibrate_keyed.py`` measures on unmarked audio to turn
-        scores into p-values.
+        This is what ``benchmarks/keyed_null.py`` measures on unmarked audio to check that
+        :meth:`p_value` is conservative.
         """
         low = _resample(audio.mean(0), sample_rate, self.params.rate)
         features = dsp.cumulative_bins(dsp.detector_features(low, self.params))
@@ -316,10 +316,10 @@ class KeyedBackend:
     def p_value(self, quick_z: float, search_z: float) -> float:
         """The p-value of a chunk whose untouched grid scored ``quick_z`` and whose whole
         stretch search scored ``search_z``; two stages are tested, so each counts twice."""
-        return min(
-            2.0 * _tail_p(quick_z, self._tests["quick"]),
-            2.0 * _tail_p(search_z, self._tests["search"]),
-        )
+        return min(self._stage_p("quick", quick_z), self._stage_p("search", search_z))
+
+    def _stage_p(self, stage: str, z: float) -> float:
+        return 2.0 * _tail_p(z, self._tests[stage])
 
     def _detect_chunk(
         self, chunk: torch.Tensor, start: int
@@ -334,7 +334,7 @@ class KeyedBackend:
             return None
         features = dsp.cumulative_bins(dsp.detector_features(chunk, self.params))
         quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
-        p_quick = 2.0 * _tail_p(quick.z, self._tests["quick"])
+        p_quick = self._stage_p("quick", quick.z)
         if p_quick < self.threshold:
             return p_quick, quick, features, start
         coarse, scores = dsp.align(features, self._spectra, self.params, self._coarse)
@@ -342,8 +342,7 @@ class KeyedBackend:
         fine = [h for h in self._search if any(_near(h, lead, self.params) for lead in leaders)]
         refined, _ = dsp.align(features, self._spectra, self.params, fine)
         best = max((quick, coarse, refined), key=lambda a: a.z)
-        p_full = 2.0 * _tail_p(best.z, self._tests["search"])
-        return min(p_quick, p_full), best, features, start
+        return self.p_value(quick.z, best.z), best, features, start
 
     def _segments(self, hits, payload: str | None, total: int) -> list[Segment]:
         """Stretches where the local correlation stays high, in seconds of the input."""

@@ -19,7 +19,9 @@ def create_backend(
     """The backend called ``name``: ``key`` is for ``keyed``, ``weights`` for ``audioseal``."""
     if name == "keyed":
         if key is None:
-            raise WatermarkError("the keyed watermark needs a key (--key KEYFILE)")
+            raise WatermarkError(
+                "the keyed watermark needs a key (--key KEYFILE; create one with keygen)"
+            )
         from watermark.keyed import KeyedBackend
 
         return KeyedBackend(key)

@@ -1,0 +1,250 @@
+"""Synthetic-voice detector numbers for BENCHMARKS.md.
+
+    .venv/bin/python -m benchmarks.detector --corpus .cache/detector-corpus [--lofo-minutes 5]
+
+- the shipped detector on the corpus's held-out test split (speakers and sources it never saw):
+  EER and AUC overall, per synthetic family, per language and per speaker gender;
+- the same clips after MP3 at 64 kbit/s;
+- leave-one-family-out: the compact AST and head retrained from scratch without a family,
+  then tested on that family (the honest number for generators never seen);
+- the independent evaluation set (other packages, other generators), when it is built;
+- a cepstral baseline (MFCC statistics + logistic regression) on the same splits;
+- speed on one core: the shipped compact AST and an MIT-size AST, in x real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from transformers import ASTConfig, ASTModel
+
+from benchmarks.watermark_robustness import machine, write_section
+from detectors import load_detector
+from detectors.evaluation import Scores, breakdown, score
+from detectors.frontend import SAMPLE_RATE, fbank, frames_for
+from detectors.training import (
+    Clip,
+    TrainSettings,
+    clip_scores,
+    fit_head,
+    load_clips,
+    train_backbone,
+    window_embeddings,
+)
+from guard.edits import mp3
+
+OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def read_manifest(corpus: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()]
+
+
+def shipped_scores(detector, clips: list[Clip]) -> list[float]:
+    ast, head = detector.backbone.model, detector.head
+    frames = detector.backbone.window_frames
+    return clip_scores(head, window_embeddings(ast, clips, frames, head.layers, head.pooling))
+
+
+def transcoded(clips: list[Clip], corpus: Path, bitrate: int = 64) -> list[Clip]:
+    """The clips after an MP3 round trip, as a platform's upload path would do."""
+    out = []
+    for clip in clips:
+        coded = mp3(_wave(corpus, clip.row).unsqueeze(0), SAMPLE_RATE, bitrate)[0][0]
+        out.append(replace(clip, features=fbank(coded).half()))
+    return out
+
+
+def _wave(corpus: Path, row: dict[str, object]) -> torch.Tensor:
+    import soundfile as sf
+
+    data, _ = sf.read(str(corpus / str(row["path"])), dtype="float32", always_2d=True)
+    return torch.from_numpy(data.mean(axis=1))
+
+
+def mfcc_stats(corpus: Path, rows: list[dict[str, object]]) -> np.ndarray:
+    """Mean and standard deviation of 20 MFCCs and their deltas: the cepstral baseline."""
+    transform = torchaudio.transforms.MFCC(SAMPLE_RATE, n_mfcc=20, melkwargs={"n_mels": 40})
+    feats = []
+    for row in rows:
+        m = transform(_wave(corpus, row))
+        d = torchaudio.functional.compute_deltas(m)
+        feats.append(torch.cat([m.mean(1), m.std(1), d.mean(1), d.std(1)]).numpy())
+    return np.stack(feats)
+
+
+def lofo(clips: dict[str, list[Clip]], minutes: float) -> dict[str, Scores]:
+    """Retrain everything without one synthetic family, test on it and on the real test clips."""
+    families = sorted({c.family for c in clips["train"] if c.label == 1})
+    frames = frames_for(TrainSettings().window_s)
+    results = {}
+    for family in families:
+        train = [c for c in clips["train"] if c.family != family]
+        val = [c for c in clips["val"] if c.family != family]
+        test = [c for c in clips["test"] if c.label == 0 or c.family == family]
+        ast, _ = train_backbone(train, val, TrainSettings(minutes=minutes), log=lambda _: None)
+        layers, pooling = [ast.config.num_hidden_layers], "mean+cls"
+        head = fit_head(
+            window_embeddings(ast, train, frames, layers, pooling),
+            [c.label for c in train],
+            window_embeddings(ast, val, frames, layers, pooling),
+            [c.label for c in val],
+            backbone="lofo",
+            layers=layers,
+            pooling=pooling,
+        )
+        emb = window_embeddings(ast, test, frames, layers, pooling)
+        results[family] = score([c.label for c in test], clip_scores(head, emb))
+        print(f"LOFO {family}: {results[family].to_dict()}", flush=True)
+    return results
+
+
+def speed(detector, seconds: float = 60.0, runs: int = 5) -> dict[str, float]:
+    """x real time on one core: the shipped detector end to end, and an MIT-size AST forward."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    audio = torch.from_numpy(rng.standard_normal((1, int(seconds * SAMPLE_RATE))).astype("float32"))
+    audio *= 0.1
+    detector.predict(audio[:, : SAMPLE_RATE * 5], SAMPLE_RATE)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        detector.predict(audio, SAMPLE_RATE)
+        times.append(time.perf_counter() - start)
+    mit = ASTModel(ASTConfig()).eval()
+    window = torch.zeros(1, 1024, 128)
+    mit_times = []
+    with torch.inference_mode():
+        mit(input_values=window)
+        for _ in range(3):
+            start = time.perf_counter()
+            mit(input_values=window)
+            mit_times.append(time.perf_counter() - start)
+    # the MIT checkpoints judge 10.24 s windows; at half overlap each second costs 2/10.24 windows
+    mit_rt = 10.24 / 2 / statistics.median(mit_times)
+    return {
+        "compact_x_realtime": seconds / statistics.median(times),
+        "mit_x_realtime": mit_rt,
+        "mit_window_ms": 1000 * statistics.median(mit_times),
+    }
+
+
+def fmt(s: Scores | dict) -> str:
+    d = s.to_dict() if isinstance(s, Scores) else s
+    if d["eer"] is None:
+        return "– | – | –"
+    return f"{100 * d['eer']:.1f}% | {d['auc']:.3f} | {d['n_real']}/{d['n_synthetic']}"
+
+
+def table(title: str, rows: dict[str, Scores]) -> list[str]:
+    lines = [f"| {title} | EER | AUC | real/synthetic |", "|---|---|---|---|"]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in rows.items()]
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=Path(".cache/detector-corpus"))
+    parser.add_argument("--independent", type=Path, default=Path(".cache/detector-independent"))
+    parser.add_argument("--lofo-minutes", type=float, default=5.0)
+    parser.add_argument("--skip-lofo", action="store_true")
+    args = parser.parse_args()
+    command = "python -m benchmarks.detector " + shlex.join(sys.argv[1:])
+    torch.set_num_threads(2)
+    detector = load_detector()
+    rows = read_manifest(args.corpus)
+    clips = {
+        s: load_clips(args.corpus, [r for r in rows if r["split"] == s])
+        for s in ("train", "val", "test")
+    }
+    test = clips["test"]
+    labels = [c.label for c in test]
+    scores = shipped_scores(detector, test)
+    overall = {"test split": score(labels, scores)}
+    mp3_scores = shipped_scores(detector, transcoded(test, args.corpus))
+    overall["test split after MP3 64 kbit/s"] = score(labels, mp3_scores)
+    families = breakdown(labels, scores, [c.family for c in test])
+    languages = breakdown(labels, scores, [str(c.row.get("language")) for c in test])
+    genders = breakdown(labels, scores, [str(c.row.get("gender")) for c in test])
+    baseline_train = mfcc_stats(args.corpus, [c.row for c in clips["train"]])
+    baseline_test = mfcc_stats(args.corpus, [c.row for c in test])
+    scaler = StandardScaler().fit(baseline_train)
+    lr = LogisticRegression(max_iter=2000, class_weight="balanced").fit(
+        scaler.transform(baseline_train), [c.label for c in clips["train"]]
+    )
+    overall["MFCC baseline, test split"] = score(
+        labels, lr.decision_function(scaler.transform(baseline_test)).tolist()
+    )
+    independent = {}
+    if (args.independent / "manifest.jsonl").exists():
+        ind_rows = read_manifest(args.independent)
+        ind = load_clips(args.independent, ind_rows)
+        ind_labels = [c.label for c in ind]
+        independent["shipped detector"] = score(ind_labels, shipped_scores(detector, ind))
+        ind_base = scaler.transform(mfcc_stats(args.independent, ind_rows))
+        independent["MFCC baseline"] = score(ind_labels, lr.decision_function(ind_base).tolist())
+        independent.update(
+            {
+                f"shipped, {k}": v
+                for k, v in breakdown(
+                    ind_labels, shipped_scores(detector, ind), [c.source for c in ind]
+                ).items()
+            }
+        )
+    left_out = {} if args.skip_lofo else lofo(clips, args.lofo_minutes)
+    speeds = speed(detector)
+    lines = [
+        "<!-- watermark-robustness:detector:begin -->",
+        "## Synthetic-voice detector",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Model: `{detector.model_id}`; corpus `{args.corpus}` "
+        f"({', '.join(f'{s} {len(c)}' for s, c in clips.items())} clips).",
+        "",
+        *table("held-out data", overall),
+        *table("test split, per synthetic family (vs all real)", families),
+        *table("test split, per language", languages),
+        *table("test split, per speaker gender", genders),
+    ]
+    if left_out:
+        lines += [
+            f"Leave-one-family-out: compact AST and head retrained from scratch for "
+            f"{args.lofo_minutes:g} min without the family, tested on it.",
+            "",
+        ]
+        lines += table("left-out family", left_out)
+    if independent:
+        lines += [
+            "Independent evaluation set (sources and generators never used in training or tuning):",
+            "",
+        ]
+        lines += table("independent set", independent)
+    lines += [
+        "| speed, one core | x real time |",
+        "|---|---|",
+        f"| shipped compact AST, end to end | {speeds['compact_x_realtime']:.0f}x |",
+        f"| MIT-size AST (10.24 s windows, half overlap), forward only | "
+        f"{speeds['mit_x_realtime']:.1f}x ({speeds['mit_window_ms']:.0f} ms per window) |",
+        "",
+        "<!-- watermark-robustness:detector:end -->",
+        "",
+    ]
+    write_section(OUT, "detector", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""AST backbones: the compact one this project trains and ships, or any pretrained checkpoint.
+
+A backbone turns ``(batch, frames, 128)`` fbank features into the hidden states of every
+layer; which layers and which pooling make the embedding is the head's choice, because it was
+chosen by measurement together with the head.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import ASTConfig, ASTModel
+
+from detectors.types import DetectorError
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+COMPACT_NAME = "compact-ast"
+POOLINGS = ("mean", "cls", "mean+cls")
+
+
+def compact_config(max_length: int = 300) -> ASTConfig:
+    """A 4-layer, 192-wide AST on non-overlapping 16x16 patches: a few MB, >100x real time."""
+    return ASTConfig(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        patch_size=16,
+        frequency_stride=16,
+        time_stride=16,
+        max_length=max_length,
+        num_mel_bins=128,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+
+
+@dataclass
+class Backbone:
+    """An AST encoder plus the name that cards and results quote."""
+
+    model: ASTModel
+    name: str
+
+    @property
+    def window_frames(self) -> int:
+        return int(self.model.config.max_length)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @torch.inference_mode()
+    def hidden_states(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every layer's ``(batch, tokens, hidden)`` output, the patch embedding first."""
+        self.model.eval()
+        out = self.model(input_values=features, output_hidden_states=True)
+        return tuple(out.hidden_states)
+
+
+def pool(hidden: tuple[torch.Tensor, ...], layers: list[int], pooling: str) -> torch.Tensor:
+    """Concatenate the pooled tokens of the chosen layers into one vector per window.
+
+    Tokens 0 and 1 are AST's CLS and distillation tokens; the rest are spectrogram patches.
+    """
+    if pooling not in POOLINGS:
+        raise DetectorError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    parts = []
+    for layer in layers:
+        states = hidden[layer]
+        if pooling in ("mean", "mean+cls"):
+            parts.append(states[:, 2:].mean(dim=1))
+        if pooling in ("cls", "mean+cls"):
+            parts.append(states[:, :2].mean(dim=1))
+    return torch.cat(parts, dim=1)
+
+
+def pool_all(hidden: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """``(windows, layers + 1, 2, hidden)``: patch-mean and CLS pooling of every layer at once,
+    so that choosing layers and pooling by measurement costs no extra forward passes."""
+    return torch.stack(
+        [torch.stack([h[:, 2:].mean(1), h[:, :2].mean(1)], dim=1) for h in hidden], dim=1
+    ).numpy()
+
+
+def select(pools: np.ndarray, layers: list[int], pooling: str) -> np.ndarray:
+    """The embedding :func:`pool` would give, cut out of :func:`pool_all`'s output."""
+    kinds = {"mean": [0], "cls": [1], "mean+cls": [0, 1]}[pooling]
+    return np.concatenate([pools[:, layer, kind] for layer in layers for kind in kinds], axis=1)
+
+
+def load_backbone(spec: str | Path | None = None) -> Backbone:
+    """Resolve ``None`` (the shipped compact AST), a local directory or a Hugging Face id.
+
+    Pretrained checkpoints load from disk or the local Hugging Face cache only, and only from
+    safetensors: audioguard never downloads at run time and never unpickles outside weights.
+    """
+    if spec is None or str(spec) == COMPACT_NAME:
+        return load_compact(SHIPPED_DIR / "compact_ast")
+    path = Path(spec)
+    if path.suffix == ".safetensors" or (path / "compact_ast.safetensors").exists():
+        return load_compact(path.with_suffix("") if path.suffix else path / "compact_ast")
+    try:
+        model = ASTModel.from_pretrained(str(spec), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise DetectorError(
+            f"AST checkpoint {spec!r} is not on this machine as safetensors; download it once "
+            f"with `huggingface-cli download {spec}` (or pass a local directory holding "
+            f"config.json and model.safetensors): {exc}"
+        ) from exc
+    return Backbone(model=model, name=str(spec))
+
+
+def load_compact(stem: Path) -> Backbone:
+    """Load ``<stem>.safetensors`` with its ``<stem>.json`` card (which holds the config)."""
+    weights, card_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    if not weights.exists() or not card_path.exists():
+        raise DetectorError(f"compact AST weights missing: expected {weights} and {card_path}")
+    card = json.loads(card_path.read_text())
+    model = ASTModel(ASTConfig(**card["config"]))
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DetectorError(f"{weights} does not match its card: missing {missing[:3]}")
+    return Backbone(model=model.eval(), name=f"{COMPACT_NAME}-{card.get('version', 1)}")
+
+
+def save_compact(model: ASTModel, stem: Path, card: dict[str, object]) -> None:
+    """Write the weights as safetensors and the card (config + how it was trained) as JSON."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(stem.with_suffix(".safetensors")))
+    full_card = {**card, "config": model.config.to_diff_dict()}
+    stem.with_suffix(".json").write_text(json.dumps(full_card, indent=2) + "\n")

@@ -1,0 +1,107 @@
+"""Sliding-window inference: any length, rate and channel count in, per-window and file scores out.
+
+Like pyannote's ``Inference``: the model judges fixed windows, the windows overlap by half,
+and the file's answer is pooled from the windows that hold sound. Windows that are nearly
+silent are not judged at all, because a score on silence says nothing about a voice.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detectors.backbone import Backbone, load_backbone, pool
+from detectors.frontend import SAMPLE_RATE, fbank, fit_frames, to_model_input
+from detectors.head import LogisticHead
+from detectors.types import DetectorError, DetectorResult, SegmentScore
+
+SHIPPED_HEAD = Path(__file__).parent / "weights" / "compact_ast_head.json"
+SILENCE_DBFS = -55.0
+BATCH = 16
+
+
+class SyntheticVoiceDetector:
+    """A backbone plus a head, applied window by window."""
+
+    def __init__(self, backbone: Backbone, head: LogisticHead, hop_fraction: float = 0.5) -> None:
+        if head.backbone != backbone.name:
+            raise DetectorError(
+                f"the head was fitted on backbone {head.backbone!r}, not {backbone.name!r}"
+            )
+        self.backbone = backbone
+        self.head = head
+        self.hop_fraction = hop_fraction
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.backbone.name}+{self.head.card.get('name', 'head')}"
+
+    def embed_windows(self, features: torch.Tensor) -> np.ndarray:
+        """Embeddings of a ``(windows, frames, 128)`` batch, as the head expects them."""
+        rows = []
+        for start in range(0, features.shape[0], BATCH):
+            hidden = self.backbone.hidden_states(features[start : start + BATCH])
+            rows.append(pool(hidden, self.head.layers, self.head.pooling).numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, 0))
+
+    def predict(self, audio: torch.Tensor, sample_rate: int) -> DetectorResult:
+        mono = to_model_input(audio, sample_rate)
+        windows, spans = voiced_windows(mono, self.backbone.window_frames, self.hop_fraction)
+        if not spans:
+            return DetectorResult(None, (), self.model_id)
+        logits = self.head.logits(self.embed_windows(windows))
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        segments = tuple(
+            SegmentScore(start, end, float(p))
+            for (start, end), p in zip(spans, probabilities, strict=True)
+        )
+        file_probability = float(1.0 / (1.0 + math.exp(-float(np.mean(logits)))))
+        return DetectorResult(file_probability, segments, self.model_id)
+
+
+def voiced_windows(
+    mono: torch.Tensor, size: int, hop_fraction: float = 0.5
+) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+    """Cut the fbank of a 16 kHz waveform into overlapping ``size``-frame windows.
+
+    Windows quieter than ``SILENCE_DBFS`` are dropped; the spans say where each kept window
+    lies in seconds. Input shorter than 0.1 s gives no window at all.
+    """
+    duration = mono.numel() / SAMPLE_RATE
+    if mono.numel() < SAMPLE_RATE // 10:
+        return torch.zeros(0), []
+    features = fbank(mono)
+    hop = max(1, int(size * hop_fraction))
+    count = 1 + max(0, math.ceil((features.shape[0] - size) / hop))
+    chosen, spans = [], []
+    for i in range(count):
+        start = i * hop
+        end_s = min(duration, (start + size) / 100)
+        piece = mono[int(start / 100 * SAMPLE_RATE) : int(end_s * SAMPLE_RATE)]
+        rms = float(piece.pow(2).mean().sqrt()) if piece.numel() else 0.0
+        if 20 * math.log10(rms + 1e-12) < SILENCE_DBFS:
+            continue
+        chosen.append(fit_frames(features[start : start + size], size))
+        spans.append((start / 100, end_s))
+    if not chosen:
+        return torch.zeros(0), []
+    return torch.stack(chosen), spans
+
+
+def load_detector(
+    head: str | Path | None = None, backbone: str | Path | None = None
+) -> SyntheticVoiceDetector:
+    """The shipped compact AST and head by default; a head file names its own backbone.
+
+    Nothing is downloaded: a pretrained backbone must already be a local path or in the
+    Hugging Face cache, and the error says how to get it there.
+    """
+    head_path = Path(head) if head is not None else SHIPPED_HEAD
+    if not head_path.exists():
+        raise DetectorError(f"detector head not found: {head_path}")
+    fitted = LogisticHead.load(head_path)
+    spec = backbone if backbone is not None else fitted.card.get("backbone_spec")
+    return SyntheticVoiceDetector(load_backbone(spec), fitted)

@@ -1,0 +1,61 @@
+"""The AST front end: Kaldi log-mel filterbanks normalised the way the MIT checkpoints expect.
+
+Pure functions, so that training, inference and tests all compute exactly the same features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+
+SAMPLE_RATE = 16_000
+MEL_BINS = 128
+FRAME_SHIFT_MS = 10.0
+FBANK_MEAN = -4.2677393
+FBANK_STD = 4.5689974
+
+
+def to_model_input(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Mix ``(channels, samples)`` to mono at 16 kHz, the rate AST was built for."""
+    mono = audio.float().mean(dim=0) if audio.dim() == 2 else audio.float()
+    if sample_rate != SAMPLE_RATE:
+        mono = torchaudio.functional.resample(mono, sample_rate, SAMPLE_RATE)
+    return mono
+
+
+def fbank(mono_16k: torch.Tensor) -> torch.Tensor:
+    """``(frames, 128)`` normalised log-mel features of a 16 kHz mono waveform.
+
+    25 ms Hanning windows every 10 ms, no dither and ``htk_compat`` as in the AST recipe; the
+    result is shifted and scaled by AudioSet's statistics so pretrained checkpoints see the
+    inputs they were trained on.
+    """
+    features = torchaudio.compliance.kaldi.fbank(
+        mono_16k.unsqueeze(0) - mono_16k.mean(),
+        htk_compat=True,
+        sample_frequency=SAMPLE_RATE,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=MEL_BINS,
+        dither=0.0,
+        frame_shift=FRAME_SHIFT_MS,
+        frame_length=25.0,
+    )
+    return (features - FBANK_MEAN) / (2 * FBANK_STD)
+
+
+def frames_for(seconds: float) -> int:
+    """How many fbank frames a stretch of audio yields (one per 10 ms hop)."""
+    return int(round(seconds * 1000 / FRAME_SHIFT_MS))
+
+
+def fit_frames(features: torch.Tensor, frames: int) -> torch.Tensor:
+    """Cut or pad ``(T, 128)`` features to exactly ``frames`` rows (AST has fixed positions).
+
+    Padding repeats the floor value of a silent frame rather than zeros, because zero is a
+    mid-loudness value after normalisation and would look like a tone to the model.
+    """
+    if features.shape[0] >= frames:
+        return features[:frames]
+    floor = torch.full((frames - features.shape[0], features.shape[1]), features.min().item())
+    return torch.cat([features, floor], dim=0)

@@ -1,0 +1,46 @@
+"""Results of the synthetic-voice detector: plain frozen values that ``guard`` turns into JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DetectorError(Exception):
+    """The detector could not be built or run; the message is meant for a person."""
+
+
+@dataclass(frozen=True)
+class SegmentScore:
+    """One analysis window: where it lies in the input and how synthetic it sounds."""
+
+    start: float
+    end: float
+    synthetic_probability: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "synthetic_probability": round(self.synthetic_probability, 4),
+        }
+
+
+@dataclass(frozen=True)
+class DetectorResult:
+    """The file-level answer plus the per-window scores it was pooled from.
+
+    ``synthetic_probability`` is ``None`` when the input held no window loud enough to judge
+    (silence, a click); a policy must be able to tell "no speech" from "real speech".
+    """
+
+    synthetic_probability: float | None
+    segments: tuple[SegmentScore, ...]
+    model: str
+
+    def to_dict(self) -> dict[str, object]:
+        probability = self.synthetic_probability
+        return {
+            "synthetic_probability": None if probability is None else round(probability, 4),
+            "segments": [s.to_dict() for s in self.segments],
+            "model": self.model,
+        }

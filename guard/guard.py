@@ -1,0 +1,240 @@
+"""The Guard: detector, watermark backends and policies built once, then applied per input.
+
+This is where component results become the flat *facts* a policy reads, and where every
+decision is written to the audit log. The CLI, the model wrappers and the HTTP service all go
+through it, so the three always decide the same way on the same audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from guard.audio import Limits, load, sha256_file
+from policies import AuditLog, Policy, builtin_policy_path
+from watermark.keys import read_key
+from watermark.registry import create_backend
+from watermark.types import WatermarkBackend, WatermarkError
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What to build. Policies are shipped names or YAML paths; keys are key files."""
+
+    policy: str | Path = "upload-screening"
+    generator_policy: str | Path = "generator-output"
+    keys: tuple[Path, ...] = ()
+    detector_head: str | Path | None = None
+    use_detector: bool = True
+    public_backends: tuple[str, ...] = ("audioseal", "perth")
+    audit_log: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One screened input: the decision, why, and every fact it was taken on."""
+
+    path: str | None
+    decision: str
+    matched_rules: list[str]
+    message: str
+    synthetic_probability: float | None
+    segments: list[dict[str, float]]
+    watermarks: list[dict[str, Any]]
+    sha256: str | None
+    duration: float
+    policy: dict[str, Any]
+    model: str | None
+    trace: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    """Marked audio (or the input, when marking failed) and what the policy made of it."""
+
+    audio: torch.Tensor
+    verified: bool
+    detection: dict[str, Any] | None
+    decision: dict[str, Any]
+    marked_seconds: float
+    snr_db: float | None
+
+
+def resolve_policy(policy: str | Path) -> Path:
+    """A shipped policy by name (``upload-screening``) or a YAML file by path."""
+    path = Path(policy)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return builtin_policy_path(str(policy))
+
+
+class Guard:
+    """Built once per process; ``screen`` and ``protect`` are safe to call from many threads."""
+
+    def __init__(self, config: GuardConfig = GuardConfig()) -> None:
+        self.config = config
+        self.policy = Policy.load(resolve_policy(config.policy))
+        self.generator_policy = Policy.load(resolve_policy(config.generator_policy))
+        self.detector = self._build_detector(config)
+        self.keyed: dict[str, WatermarkBackend] = {
+            Path(k).stem: create_backend("keyed", key=read_key(k)) for k in config.keys
+        }
+        self.public: list[WatermarkBackend] = [create_backend(n) for n in config.public_backends]
+        self.audit = AuditLog(config.audit_log) if config.audit_log else None
+
+    @staticmethod
+    def _build_detector(config: GuardConfig):
+        if not config.use_detector:
+            return None
+        from detectors import load_detector
+
+        return load_detector(config.detector_head)
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self.keyed)
+
+    @property
+    def model_id(self) -> str | None:
+        return self.detector.model_id if self.detector is not None else None
+
+    def versions(self) -> dict[str, Any]:
+        """What an audit record and a report cite so a decision can be reproduced."""
+        return {
+            "policy": {"name": self.policy.name, "version": self.policy.version},
+            "model": self.model_id,
+            "watermark_backends": [*(f"keyed:{k}" for k in self.key_ids)]
+            + [b.name for b in self.public],
+        }
+
+    def screen_file(self, path: str | Path, meta: dict[str, Any] | None = None) -> Verdict:
+        """Decode (raising ``AudioError`` with one sentence on bad input) and screen."""
+        audio, info = load(path, self.config.limits)
+        return self.screen(audio, info.sample_rate, meta, sha256=sha256_file(path), path=str(path))
+
+    def screen(
+        self,
+        audio: torch.Tensor,
+        sample_rate: int,
+        meta: dict[str, Any] | None = None,
+        sha256: str | None = None,
+        path: str | None = None,
+    ) -> Verdict:
+        facts = self.facts(audio, sample_rate, meta)
+        decision = self.policy.decide(facts)
+        verdict = Verdict(
+            path=path,
+            decision=decision.action,
+            matched_rules=list(decision.matched_rules),
+            message=decision.message,
+            synthetic_probability=facts["synthetic_probability"],
+            segments=facts["segments"],
+            watermarks=facts["watermarks"],
+            sha256=sha256,
+            duration=facts["duration"],
+            policy={"name": decision.policy_name, "version": decision.policy_version},
+            model=self.model_id,
+            trace=decision.to_dict().get("trace", []),
+        )
+        self._log(sha256, decision, facts)
+        return verdict
+
+    def facts(
+        self, audio: torch.Tensor, sample_rate: int, meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Run every component once and flatten the answers into policy facts."""
+        probability, segments = None, []
+        if self.detector is not None:
+            result = self.detector.predict(audio, sample_rate)
+            probability = result.synthetic_probability
+            segments = [s.to_dict() for s in result.segments]
+        return {
+            "synthetic_probability": probability,
+            "segments": segments,
+            "watermarks": self.watermark_findings(audio, sample_rate),
+            "duration": round(audio.shape[-1] / sample_rate, 3),
+            "sample_rate": sample_rate,
+            "channels": int(audio.shape[0]),
+            "tags": [],
+            "meta": dict(meta or {}),
+            "mark_verified": False,
+        }
+
+    def watermark_findings(self, audio: torch.Tensor, sample_rate: int) -> list[dict[str, Any]]:
+        """Every keyed mark this Guard holds a key for, then every public mark."""
+        found = []
+        for key_id, backend in sorted(self.keyed.items()):
+            found.append({**_finding(backend, audio, sample_rate), "key_id": key_id})
+        for backend in self.public:
+            found.append(_finding(backend, audio, sample_rate))
+        return found
+
+    def protect(
+        self,
+        audio: torch.Tensor,
+        sample_rate: int,
+        payload: str,
+        key_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+        sha256: str | None = None,
+    ) -> ProtectResult:
+        """Mark with the keyed backend, verify, and let the generator policy judge the result."""
+        backend = self._keyed_backend(key_id)
+        marked, detection, verified, seconds, snr = audio, None, False, 0.0, None
+        try:
+            result = backend.embed(audio, sample_rate, payload)
+            marked, detection = result.audio, result.verification.to_dict()
+            verified, seconds, snr = True, result.marked_seconds, result.snr_db
+        except WatermarkError as exc:
+            detection = {"backend": "keyed", "detected": False, "p_value": 1.0, "error": str(exc)}
+        facts = {
+            "synthetic_probability": None,
+            "segments": [],
+            "watermarks": [detection],
+            "duration": round(audio.shape[-1] / sample_rate, 3),
+            "sample_rate": sample_rate,
+            "channels": int(audio.shape[0]),
+            "tags": [],
+            "meta": dict(meta or {}),
+            "mark_verified": verified,
+        }
+        decision = self.generator_policy.decide(facts)
+        self._log(sha256, decision, facts)
+        return ProtectResult(marked, verified, detection, decision.to_dict(), seconds, snr)
+
+    def _keyed_backend(self, key_id: str | None) -> WatermarkBackend:
+        if key_id is None and len(self.keyed) == 1:
+            return next(iter(self.keyed.values()))
+        if key_id in self.keyed:
+            return self.keyed[key_id]
+        known = ", ".join(self.key_ids) or "none"
+        raise WatermarkError(f"no watermark key {key_id!r} is loaded (loaded: {known})")
+
+    def _log(self, sha256: str | None, decision: Any, facts: dict[str, Any]) -> None:
+        if self.audit is None:
+            return
+        self.audit.append(
+            {
+                "sha256": sha256,
+                "decision": decision.action,
+                "matched_rules": list(decision.matched_rules),
+                "facts": facts,
+                **self.versions(),
+            }
+        )
+
+
+def _finding(backend: WatermarkBackend, audio: torch.Tensor, sample_rate: int) -> dict[str, Any]:
+    """One backend's answer as a fact; a backend that cannot run says why instead of failing."""
+    try:
+        found = backend.detect(audio, sample_rate).to_dict()
+    except WatermarkError as exc:
+        return {"backend": backend.name, "detected": False, "p_value": None, "error": str(exc)}
+    return {k: found[k] for k in ("backend", "detected", "p_value", "payload", "segments", "score")}

@@ -1,0 +1,251 @@
+"""The synthetic-voice detector: front end, head persistence, windows, fitting and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+from click.testing import CliRunner, Result
+from conftest import read_sample
+
+from detectors import DetectorError, load_detector
+from detectors.backbone import load_backbone, pool, pool_all, select
+from detectors.detector import voiced_windows
+from detectors.evaluation import breakdown, equal_error_rate, score
+from detectors.frontend import FBANK_MEAN, FBANK_STD, SAMPLE_RATE, fbank, to_model_input
+from detectors.head import LogisticHead
+from guard.cli import cli
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_detector()
+
+
+def test_fbank_matches_the_ast_recipe():
+    rng = np.random.default_rng(0)
+    wave = torch.from_numpy(rng.standard_normal(SAMPLE_RATE).astype("float32")) * 0.1
+    features = fbank(wave)
+    raw = torchaudio.compliance.kaldi.fbank(
+        (wave - wave.mean()).unsqueeze(0),
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+        frame_length=25,
+    )
+    assert features.shape == (98, 128)
+    assert torch.allclose(features, (raw - FBANK_MEAN) / (2 * FBANK_STD))
+
+
+def test_model_input_mixes_down_and_resamples():
+    stereo, rate = read_sample("music/singularity_awakening_44k_stereo.flac")
+    mono = to_model_input(stereo, rate)
+    assert mono.dim() == 1
+    assert abs(mono.numel() - stereo.shape[1] * SAMPLE_RATE / rate) <= 1
+
+
+def test_silence_and_tiny_input_give_no_windows():
+    assert voiced_windows(torch.zeros(SAMPLE_RATE * 5), 300)[1] == []
+    assert voiced_windows(torch.ones(100) * 0.1, 300)[1] == []
+
+
+def test_windows_overlap_by_half_and_cover_the_file():
+    wave, rate = read_sample("speech/fillets_society_stebet0.flac")
+    windows, spans = voiced_windows(to_model_input(wave, rate), 300)
+    assert windows.shape[1:] == (300, 128)
+    starts = [s for s, _ in spans]
+    assert all(math.isclose(b - a, 1.5) for a, b in zip(starts, starts[1:], strict=False))
+    assert spans[-1][1] == pytest.approx(wave.shape[1] / rate, abs=0.01)
+
+
+def test_pool_all_agrees_with_pool():
+    backbone = load_backbone()
+    hidden = backbone.hidden_states(torch.randn(2, 300, 128))
+    direct = pool(hidden, [3, 4], "mean+cls").numpy()
+    assert np.allclose(select(pool_all(hidden), [3, 4], "mean+cls"), direct, atol=1e-6)
+
+
+def test_head_round_trips_through_json(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 8))
+    y = (X[:, 0] + 0.3 * rng.standard_normal(200) > 0).astype(int)
+    head = LogisticHead(backbone="b", layers=[1], pooling="mean").fit(
+        X[:150], y[:150], X[150:], y[150:]
+    )
+    head.save(tmp_path / "head.json")
+    again = LogisticHead.load(tmp_path / "head.json")
+    assert np.allclose(again.predict_proba(X), head.predict_proba(X))
+    assert score(y.tolist(), head.logits(X).tolist()).auc > 0.9
+
+
+def test_a_pickle_or_foreign_json_is_refused(tmp_path: Path):
+    (tmp_path / "h.json").write_text(json.dumps({"coef": [1.0]}))
+    with pytest.raises(DetectorError, match="not an audioguard detector head"):
+        LogisticHead.load(tmp_path / "h.json")
+    (tmp_path / "h.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(DetectorError, match="not a readable detector head"):
+        LogisticHead.load(tmp_path / "h.pkl")
+
+
+def test_a_missing_pretrained_checkpoint_says_what_to_download():
+    with pytest.raises(DetectorError, match="huggingface-cli download MIT/ast-not-here"):
+        load_backbone("MIT/ast-not-here")
+
+
+def test_equal_error_rate_on_known_scores():
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    assert equal_error_rate(np.array(labels), np.array([0, 1, 2, 5, 3, 6, 7, 8])) == 0.25
+    groups = breakdown(labels, [0, 1, 2, 5, 3, 6, 7, 8], ["r"] * 4 + ["a", "a", "b", "b"])
+    assert groups["b"].eer == 0.0 and groups["b"].n_real == 4
+
+
+def test_shipped_detector_gives_probabilities_per_window(detector):
+    wave, rate = read_sample("speech/warzone_tutorial_tut73.flac")
+    result = detector.predict(wave, rate)
+    assert 0.0 <= result.synthetic_probability <= 1.0
+    assert result.segments and all(0 <= s.synthetic_probability <= 1 for s in result.segments)
+    assert result.model == detector.model_id
+    logits = [
+        math.log(s.synthetic_probability / (1 - s.synthetic_probability + 1e-12) + 1e-12)
+        for s in result.segments
+    ]
+    expected = 1 / (1 + math.exp(-sum(logits) / len(logits)))
+    assert result.synthetic_probability == pytest.approx(expected, abs=1e-3)
+
+
+def test_any_rate_and_channel_count_gives_the_same_answer(detector):
+    wave, rate = read_sample("speech/fillets_society_stebet0.flac")
+    base = detector.predict(wave, rate).synthetic_probability
+    stereo = torch.cat([wave, wave])
+    up = torchaudio.functional.resample(wave, rate, 44100)
+    assert detector.predict(stereo, rate).synthetic_probability == pytest.approx(base, abs=1e-4)
+    assert detector.predict(up, 44100).synthetic_probability == pytest.approx(base, abs=0.1)
+
+
+def test_silence_has_no_probability(detector):
+    result = detector.predict(torch.zeros(1, SAMPLE_RATE * 4), SAMPLE_RATE)
+    assert result.synthetic_probability is None and result.segments == ()
+
+
+def test_shipped_detector_separates_espeak_from_recorded_speech(detector, tmp_path: Path):
+    """An easy sanity floor, not the benchmark: plain espeak-ng must score above the
+    recorded speech samples (neither is in the training corpus's allowed real sources)."""
+    real = [
+        detector.predict(*read_sample(f"speech/{n}")).synthetic_probability
+        for n in ("fillets_society_stebet0.flac", "warzone_tutorial_tut73.flac")
+    ]
+    synthetic = []
+    for i, voice in enumerate(("en-us+m3", "fr+f2")):
+        out = tmp_path / f"{i}.wav"
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-w",
+                str(out),
+                "Please confirm the transfer of the funds before noon today.",
+            ],
+            check=True,
+        )
+        data, rate = sf.read(out, dtype="float32", always_2d=True)
+        synthetic.append(
+            detector.predict(torch.from_numpy(data.T.copy()), rate).synthetic_probability
+        )
+    assert min(synthetic) > max(real)
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_cli_detect_json_and_bad_files(samples_dir: Path, tmp_path: Path):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    run = _cli("detect", str(samples_dir / "speech"), str(bad), "--json")
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert run.exit_code == 1
+    good = [r for r in lines if "error" not in r]
+    assert len(good) == 3 and all(
+        set(r) >= {"path", "synthetic_probability", "segments", "model"} for r in good
+    )
+    errors = [r for r in lines if "error" in r]
+    assert errors[0]["path"] == str(bad) and "bad.wav" in errors[0]["error"]
+    assert "Traceback" not in run.output
+
+
+def _espeak_dir(root: Path, voices: list[str]) -> Path:
+    root.mkdir()
+    texts = [
+        "The meeting moved to Thursday.",
+        "Send the report to the whole team.",
+        "I will call you back tomorrow morning.",
+        "This line is being recorded.",
+    ]
+    for i, voice in enumerate(voices):
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-w", str(root / f"{i}.wav"), texts[i % 4]], check=True
+        )
+    return root
+
+
+def _recorded_dir(root: Path, samples_dir: Path) -> Path:
+    """Real speech cut into 2.5 s pieces from the bundled recordings."""
+    root.mkdir()
+    k = 0
+    for path in sorted((samples_dir / "speech").glob("*.flac")):
+        data, rate = sf.read(path, dtype="float32")
+        piece = int(2.5 * rate)
+        for start in range(0, len(data) - piece + 1, piece):
+            sf.write(root / f"{k}.wav", data[start : start + piece], rate)
+            k += 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, samples_dir):
+    base = tmp_path_factory.mktemp("labelled")
+    real = _recorded_dir(base / "real", samples_dir)
+    synthetic = _espeak_dir(
+        base / "synthetic",
+        ["en+m1", "en+f3", "fr+m2", "es+f1", "it+m4", "de+f2", "en-us+m7", "nl+f4"],
+    )
+    return real, synthetic
+
+
+def test_cli_fit_then_eval_with_the_new_head(labelled, tmp_path: Path):
+    real, synthetic = labelled
+    head = tmp_path / "mine.json"
+    fitted = _cli(
+        "detectors", "fit", "--real", str(real), "--synthetic", str(synthetic), "--out", str(head)
+    )
+    assert fitted.exit_code == 0, fitted.output
+    card = json.loads(head.read_text())["card"]
+    assert card["embedding_choice"]["chosen"]["pooling"] in ("mean", "mean+cls")
+    evaluated = _cli(
+        "detectors",
+        "eval",
+        "--real",
+        str(real),
+        "--synthetic",
+        str(synthetic),
+        "--head",
+        str(head),
+        "--json",
+    )
+    report = json.loads(evaluated.stdout)
+    assert report["overall"]["n_real"] == len(list(real.iterdir()))
+    assert report["overall"]["n_synthetic"] == len(list(synthetic.iterdir()))
+    assert report["overall"]["auc"] > 0.9
+    assert set(report["folders"]) == {"real/.", "synthetic/."}

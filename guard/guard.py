@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from guard.audio import Limits, load, sha256_file
-from policies import AuditLog, Policy, builtin_policy_path
+from policies import AuditLog, Policy, builtin_policy_path, load_signing_key
 from watermark.keys import read_key
 from watermark.registry import create_backend
 from watermark.types import WatermarkBackend, WatermarkError
@@ -31,6 +31,7 @@ class GuardConfig:
     use_detector: bool = True
     public_backends: tuple[str, ...] = ("audioseal", "perth")
     audit_log: Path | None = None
+    audit_signing_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -87,7 +88,10 @@ class Guard:
             Path(k).stem: create_backend("keyed", key=read_key(k)) for k in config.keys
         }
         self.public: list[WatermarkBackend] = [create_backend(n) for n in config.public_backends]
-        self.audit = AuditLog(config.audit_log) if config.audit_log else None
+        self.audit = None
+        if config.audit_log:
+            key = load_signing_key(config.audit_signing_key) if config.audit_signing_key else None
+            self.audit = AuditLog(config.audit_log, signing_key=key)
 
     @staticmethod
     def _build_detector(config: GuardConfig):
@@ -225,6 +229,7 @@ class Guard:
                 "sha256": sha256,
                 "decision": decision.action,
                 "matched_rules": list(decision.matched_rules),
+                "message": decision.message,
                 "facts": facts,
                 **self.versions(),
             }

@@ -1,0 +1,276 @@
+"""CEL conditions over the facts: compile once, check the names they use, evaluate safely.
+
+Conditions are Common Expression Language (``celpy``), never Python ``eval``: a policy file is
+data that anyone may hand us, and CEL cannot reach the filesystem or loop forever.
+
+Two things here go beyond what ``celpy`` does by itself:
+
+- At compile time the parse tree is walked to find every fact a condition refers to (with
+  macro variables such as ``w`` in ``watermarks.exists(w, w.detected)`` in scope), so a typo
+  like ``synthetic_prob`` is an error when the policy loads rather than a rule that silently
+  never fires; the same walk records the dotted paths (``meta.uploader``) that the trace shows.
+- Facts are converted to CEL values with the numeric types the fact schema promises, so
+  ``duration > 5`` works whether the caller passed ``6`` or ``6.0``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import celpy
+import lark
+from celpy import celtypes
+from celpy.evaluation import base_functions
+
+KNOWN_FACTS: tuple[str, ...] = (
+    "channels",
+    "duration",
+    "mark_verified",
+    "meta",
+    "sample_rate",
+    "segments",
+    "synthetic_probability",
+    "tags",
+    "watermarks",
+)
+
+# Identifiers that CEL itself defines (type names, usable as in ``type(x) == int``).
+_CEL_TYPE_NAMES = frozenset(
+    {"bool", "bytes", "double", "int", "list", "map", "null_type", "string", "type", "uint"}
+)
+# Comprehension macros: ``target.macro(var, expr...)`` binds ``var`` inside ``expr``.
+_MACROS = frozenset({"all", "exists", "exists_one", "filter", "map"})
+# Fields the fact schema declares as floating point (top-level facts, and fields of the
+# records inside list facts). An int there becomes a CEL double so comparisons type-check.
+_DOUBLE_FACTS = frozenset({"synthetic_probability", "duration"})
+_DOUBLE_FIELDS = {
+    "segments": frozenset({"start", "end", "synthetic_probability"}),
+    "watermarks": frozenset({"p_value", "score"}),
+}
+
+# Functions and methods celpy implements, plus the function-like macros it expands.
+_FUNCTIONS = frozenset(k for k in base_functions if k[0].isalpha()) | _MACROS | {"has", "dyn"}
+
+# The interpreted runner: celpy 0.5's CompiledRunner is faster but mishandles an error inside
+# `&&` / `||` (CEL's rule that `false && error` is false). An interpreted evaluation shares
+# nothing mutable, so one compiled Condition serves many threads.
+_ENVIRONMENT = celpy.Environment()
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be compiled: bad syntax or an unknown fact."""
+
+
+class EvaluationError(Exception):
+    """A condition that compiled but could not be evaluated against these facts."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A compiled CEL condition and the fact paths it refers to (for the trace)."""
+
+    source: str
+    reads: tuple[str, ...]
+    _program: celpy.Runner = field(repr=False, compare=False)
+
+    def evaluate(self, activation: Mapping[str, Any]) -> bool:
+        """True or False, or :class:`EvaluationError` with a short reason."""
+        try:
+            value = self._program.evaluate(dict(activation))
+        except celpy.CELEvalError as exc:
+            raise EvaluationError(_eval_message(exc)) from None
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+            # celpy lets a few host-language errors through (e.g. overflow in a conversion).
+            raise EvaluationError(str(exc) or type(exc).__name__) from None
+        if isinstance(value, celpy.CELEvalError):
+            raise EvaluationError(_eval_message(value))
+        if not isinstance(value, celtypes.BoolType):
+            raise EvaluationError(f"condition gave {_cel_type_name(value)}, not true or false")
+        return bool(value)
+
+
+def compile_condition(source: str, known_facts: Sequence[str] = KNOWN_FACTS) -> Condition:
+    """Parse ``source`` and check that every identifier it uses is a known fact."""
+    try:
+        tree = _ENVIRONMENT.compile(source)
+    except celpy.CELParseError as exc:
+        where = f" at column {exc.column + 1}" if exc.column is not None else ""
+        raise ConditionError(f"bad CEL expression{where}: {source!r}") from None
+    paths: list[tuple[str, ...]] = []
+    calls: list[str] = []
+    _collect(tree, frozenset(), paths, calls)
+    for name in calls:
+        if name not in _FUNCTIONS:
+            known = ", ".join(sorted(_FUNCTIONS))
+            raise ConditionError(f"unknown function {name}() (CEL functions here: {known})")
+    for path in paths:
+        if path[0] not in known_facts and path[0] not in _CEL_TYPE_NAMES:
+            raise ConditionError(unknown_fact_message(path[0], known_facts))
+    reads = tuple(dict.fromkeys(".".join(p) for p in paths if p[0] in known_facts))
+    return Condition(source=source, reads=reads, _program=_ENVIRONMENT.program(tree))
+
+
+def unknown_fact_message(name: str, known_facts: Sequence[str] = KNOWN_FACTS) -> str:
+    close = difflib.get_close_matches(name, known_facts, n=1)
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    return f'unknown fact "{name}" ({hint}known: {", ".join(known_facts)})'
+
+
+def lookup(facts: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    """Follow a dotted path through nested mappings: ``(found, value)``."""
+    value: Any = facts
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def facts_to_cel(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The CEL activation for ``facts``; raises ``TypeError`` naming a fact it cannot convert."""
+    activation = {}
+    for name, value in facts.items():
+        if name in _DOUBLE_FACTS:
+            value = _as_double(value)
+        elif name in _DOUBLE_FIELDS and isinstance(value, Sequence) and not isinstance(value, str):
+            fields = _DOUBLE_FIELDS[name]
+            value = [_coerce_fields(item, fields) for item in value]
+        try:
+            activation[name] = to_cel(value)
+        except TypeError as exc:
+            raise TypeError(f'fact "{name}": {exc}') from None
+    return activation
+
+
+def to_cel(value: Any) -> Any:
+    """A plain Python value (JSON-like) as the matching ``celpy.celtypes`` value."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, numbers.Integral):
+        return celtypes.IntType(int(value))
+    if isinstance(value, numbers.Real):
+        return celtypes.DoubleType(float(value))
+    if isinstance(value, str):
+        return celtypes.StringType(value)
+    if isinstance(value, bytes):
+        return celtypes.BytesType(value)
+    if isinstance(value, Mapping):
+        return celtypes.MapType({celtypes.StringType(str(k)): to_cel(v) for k, v in value.items()})
+    if isinstance(value, Sequence):
+        return celtypes.ListType([to_cel(v) for v in value])
+    raise TypeError(f"cannot use a {type(value).__name__} as a fact value")
+
+
+def _as_double(value: Any) -> Any:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _coerce_fields(item: Any, fields: frozenset[str]) -> Any:
+    if not isinstance(item, Mapping):
+        return item
+    return {k: _as_double(v) if k in fields else v for k, v in item.items()}
+
+
+def _collect(
+    node: Any, bound: frozenset[str], out: list[tuple[str, ...]], calls: list[str]
+) -> None:
+    """Append every free identifier's longest static dotted path (``meta.uploader``) to out,
+    and every function or method name called to calls."""
+    if not isinstance(node, lark.Tree):
+        return
+    kind = node.data
+    if kind == "member_dot":
+        path = _dotted(node)
+        if path is None:
+            _collect(node.children[0], bound, out, calls)
+        elif path[0] not in bound:
+            out.append(path)
+        return
+    if kind == "member_dot_arg":
+        target, method, *args = node.children
+        _collect(target, bound, out, calls)
+        calls.append(str(method))
+        exprs = args[0].children if args and isinstance(args[0], lark.Tree) else []
+        variable = _dotted(exprs[0]) if str(method) in _MACROS and len(exprs) >= 2 else None
+        if variable is not None and len(variable) == 1:
+            for expr in exprs[1:]:
+                _collect(expr, bound | {variable[0]}, out, calls)
+        else:
+            for expr in exprs:
+                _collect(expr, bound, out, calls)
+        return
+    if kind in ("ident", "dot_ident"):
+        name = str(node.children[0])
+        if name not in bound:
+            out.append((name,))
+        return
+    if kind in ("ident_arg", "dot_ident_arg"):
+        calls.append(str(node.children[0]))
+    if kind in ("ident_arg", "dot_ident_arg", "member_object"):
+        # A function name or a message type name, not a fact: only the arguments are read.
+        for child in node.children[1:]:
+            _collect(child, bound, out, calls)
+        return
+    for child in node.children:
+        _collect(child, bound, out, calls)
+
+
+def _dotted(node: Any) -> tuple[str, ...] | None:
+    """``a.b.c`` as ``("a", "b", "c")`` when the subtree is exactly that; otherwise None."""
+    while isinstance(node, lark.Tree) and len(node.children) == 1 and node.data != "ident":
+        node = node.children[0]
+    if not isinstance(node, lark.Tree):
+        return None
+    if node.data == "ident":
+        return (str(node.children[0]),)
+    if node.data == "member_dot":
+        base = _dotted(node.children[0])
+        return None if base is None else (*base, str(node.children[1]))
+    return None
+
+
+_CEL_NAMES = {
+    "NoneType": "null",
+    "BoolType": "bool",
+    "IntType": "int",
+    "UintType": "uint",
+    "DoubleType": "double",
+    "StringType": "string",
+    "BytesType": "bytes",
+    "ListType": "list",
+    "MapType": "map",
+}
+
+
+_CLASS_RE = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>|'(\w+Type)'")
+_VALUE_RE = re.compile(r"\b(?:Int|Uint|Double|Bool|String)Type\((.*?)\)")
+
+
+def _cel_type_name(value: Any) -> str:
+    name = type(value).__name__
+    return _CEL_NAMES.get(name, name)
+
+
+def _eval_message(exc: celpy.CELEvalError) -> str:
+    """A short reason from celpy's error, whose first argument can embed the whole activation."""
+    message, cause, cause_args = (list(exc.args) + [None, None, None])[:3]
+    if cause is KeyError and cause_args and "undeclared reference" in str(message):
+        return f'fact "{cause_args[0]}" was not given'
+    if cause is TypeError and cause_args:
+        message = str(cause_args[0])
+    message = str(message).split(" (in activation")[0]
+    # celpy names its Python classes ("<class 'celpy.celtypes.IntType'>", "'NoneType'",
+    # "IntType(3)"); a policy author thinks in CEL types and values.
+    message = _CLASS_RE.sub(
+        lambda m: _CEL_NAMES.get(name := m.group(1) or m.group(2), name), message
+    )
+    return _VALUE_RE.sub(r"\1", message)

@@ -58,9 +58,22 @@ class Backbone:
     @torch.inference_mode()
     def hidden_states(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every layer's ``(batch, tokens, hidden)`` output, the patch embedding first."""
-        self.model.eval()
-        out = self.model(input_values=features, output_hidden_states=True)
-        return tuple(out.hidden_states)
+        return layer_outputs(self.model, features)
+
+
+def layer_outputs(model: ASTModel, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What ``output_hidden_states=True`` returns, computed layer by layer.
+
+    transformers collects hidden states by patching module methods for the length of a call,
+    so two threads sharing one model corrupt each other's results; walking the layers here
+    keeps a shared detector safe to call from a thread pool. As in transformers, the last
+    entry is the final layer after the model's closing layer norm.
+    """
+    states = [model.embeddings(features)]
+    for layer in model.encoder.layer:
+        states.append(layer(states[-1]))
+    states[-1] = model.layernorm(states[-1])
+    return tuple(states)
 
 
 def pool(hidden: tuple[torch.Tensor, ...], layers: list[int], pooling: str) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import ASTModel
 
-from detectors.backbone import compact_config, pool_all, select
+from detectors.backbone import compact_config, layer_outputs, pool_all, select
 from detectors.frontend import SAMPLE_RATE, fbank, fit_frames, frames_for
 from detectors.head import LogisticHead
 
@@ -104,9 +104,9 @@ class GradientReversal(torch.autograd.Function):
 class TrainingModel(nn.Module):
     """The compact AST with a synthetic/real classifier and an origin adversary on top."""
 
-    def __init__(self, frames: int, origins: int) -> None:
+    def __init__(self, frames: int, origins: int, ast: ASTModel | None = None) -> None:
         super().__init__()
-        self.ast = ASTModel(compact_config(max_length=frames))
+        self.ast = ast if ast is not None else ASTModel(compact_config(max_length=frames))
         width = self.ast.config.hidden_size
         self.classifier = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, 1))
         self.adversary = nn.Sequential(
@@ -179,8 +179,12 @@ def train_backbone(
     val: Sequence[Clip],
     settings: TrainSettings,
     log: Callable[[str], None] = print,
+    init: ASTModel | None = None,
 ) -> tuple[ASTModel, dict[str, object]]:
-    """Train for ``settings.minutes`` of wall time; keep the weights with the best val EER."""
+    """Train for ``settings.minutes`` of wall time; keep the weights with the best val EER.
+
+    ``init`` is a pre-trained encoder to start from (see ``detectors.pretraining``).
+    """
     from detectors.evaluation import score
 
     torch.manual_seed(settings.seed)
@@ -190,7 +194,7 @@ def train_backbone(
         {c.origin for c in train if c.origin not in ("espeak-ng", "flite", "festival")}
     )
     origin_index = {o: i for i, o in enumerate(origins)}
-    model = TrainingModel(frames, max(1, len(origins)))
+    model = TrainingModel(frames, max(1, len(origins)), init)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
     sampler = BalancedSampler(train, rng)
     deadline = time.monotonic() + settings.minutes * 60
@@ -252,14 +256,7 @@ def windows_of(features: torch.Tensor, frames: int) -> torch.Tensor:
 @torch.inference_mode()
 def layer_pools(ast: ASTModel, clips: Sequence[Clip], frames: int) -> list[np.ndarray]:
     """Per clip, every layer's pooled windows (see :func:`detectors.backbone.pool_all`)."""
-    return [
-        pool_all(
-            ast(
-                input_values=windows_of(c.features, frames), output_hidden_states=True
-            ).hidden_states
-        )
-        for c in clips
-    ]
+    return [pool_all(layer_outputs(ast, windows_of(c.features, frames))) for c in clips]
 
 
 def window_embeddings(

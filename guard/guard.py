@@ -7,6 +7,7 @@ through it, so the three always decide the same way on the same audio.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,10 @@ class Guard:
         meta: dict[str, Any] | None = None,
         sha256: str | None = None,
         path: str | None = None,
+        tags: list[str] | None = None,
     ) -> Verdict:
-        facts = self.facts(audio, sample_rate, meta)
+        """Screen one waveform; ``tags`` are labels a model gave it, for rules to read."""
+        facts = self.facts(audio, sample_rate, meta, tags)
         decision = self.policy.decide(facts)
         verdict = Verdict(
             path=path,
@@ -151,7 +154,11 @@ class Guard:
         return verdict
 
     def facts(
-        self, audio: torch.Tensor, sample_rate: int, meta: dict[str, Any] | None = None
+        self,
+        audio: torch.Tensor,
+        sample_rate: int,
+        meta: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
     ) -> dict[str, Any]:
         """Run every component once and flatten the answers into policy facts."""
         probability, segments = None, []
@@ -166,7 +173,7 @@ class Guard:
             "duration": round(audio.shape[-1] / sample_rate, 3),
             "sample_rate": sample_rate,
             "channels": int(audio.shape[0]),
-            "tags": [],
+            "tags": list(tags or []),
             "meta": dict(meta or {}),
             "mark_verified": False,
         }
@@ -210,7 +217,7 @@ class Guard:
             "mark_verified": verified,
         }
         decision = self.generator_policy.decide(facts)
-        self._log(sha256, decision, facts)
+        self._log(sha256 or samples_sha256(marked), decision, facts)
         return ProtectResult(marked, verified, detection, decision.to_dict(), seconds, snr)
 
     def _keyed_backend(self, key_id: str | None) -> WatermarkBackend:
@@ -232,8 +239,14 @@ class Guard:
                 "message": decision.message,
                 "facts": facts,
                 **self.versions(),
+                "policy": {"name": decision.policy_name, "version": decision.policy_version},
             }
         )
+
+
+def samples_sha256(audio: torch.Tensor) -> str:
+    """A digest of generated samples, so a generator's audit record names its exact output."""
+    return hashlib.sha256(audio.detach().float().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _finding(backend: WatermarkBackend, audio: torch.Tensor, sample_rate: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from detectors.backbone import COMPACT_NAME, save_compact, select
 from detectors.evaluation import breakdown, score
 from detectors.frontend import frames_for
+from detectors.pretraining import pretrain
 from detectors.training import (
     Clip,
     TrainSettings,
@@ -86,6 +87,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        default=0.0,
+        help="Masked-patch pre-training on the train and val audio (labels unused) first.",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -94,8 +101,12 @@ def main() -> None:
     clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
     print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
     settings = TrainSettings(minutes=args.minutes, seed=args.seed)
-    ast, summary = train_backbone(clips["train"], clips["val"], settings)
     frames = frames_for(settings.window_s)
+    init = None
+    if args.pretrain_minutes > 0:
+        unlabelled = clips["train"] + clips["val"]
+        init = pretrain(unlabelled, frames, args.pretrain_minutes, seed=args.seed)
+    ast, summary = train_backbone(clips["train"], clips["val"], settings, init=init)
     choice = choose_embedding(ast, clips["train"], clips["val"], frames, print)
     layers, pooling = choice["chosen"]["layers"], choice["chosen"]["pooling"]
     backbone_name = f"{COMPACT_NAME}-{VERSION}"
@@ -127,6 +138,11 @@ def main() -> None:
             "separate real from synthetic speech; use it through its head.",
             "trained_on": corpus_card,
             "training": {k: v for k, v in summary.items() if k != "history"},
+            "pretraining": {
+                "method": "masked patch reconstruction (SSAST-style), labels unused",
+                "minutes": args.pretrain_minutes,
+                "clips": "train + val splits",
+            },
             "validation_history": summary["history"],
             "train_seconds": round(time.time() - started),
         },

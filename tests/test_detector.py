@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,21 @@ def test_pool_all_agrees_with_pool():
     hidden = backbone.hidden_states(torch.randn(2, 300, 128))
     direct = pool(hidden, [3, 4], "mean+cls").numpy()
     assert np.allclose(select(pool_all(hidden), [3, 4], "mean+cls"), direct, atol=1e-6)
+
+
+def test_layer_outputs_match_transformers_and_survive_threads():
+    backbone = load_backbone()
+    x = torch.randn(3, 300, 128)
+    with torch.inference_mode():
+        reference = backbone.model(input_values=x, output_hidden_states=True).hidden_states
+    ours = backbone.hidden_states(x)
+    assert len(ours) == len(reference)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, reference, strict=True))
+    inputs = [torch.randn(2, 300, 128) for _ in range(8)]
+    alone = [backbone.hidden_states(i)[-1] for i in inputs]
+    with ThreadPoolExecutor(4) as pool_:
+        together = list(pool_.map(lambda i: backbone.hidden_states(i)[-1], inputs))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(alone, together, strict=True))
 
 
 def test_head_round_trips_through_json(tmp_path: Path):

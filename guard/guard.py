@@ -7,6 +7,7 @@ through it, so the three always decide the same way on the same audio.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,15 @@ class Guard:
         from detectors import load_detector
 
         return load_detector(config.detector_head)
+
+    def with_policy(self, policy: str | Path) -> Guard:
+        """The same models, keys and audit log under another screening policy.
+
+        A service offering several policies builds the expensive parts once and shares them.
+        """
+        other = copy.copy(self)
+        other.policy = Policy.load(resolve_policy(policy))
+        return other
 
     @property
     def key_ids(self) -> list[str]:

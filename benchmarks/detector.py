@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from transformers import ASTConfig, ASTModel
 
-from benchmarks.watermark_robustness import machine, write_section
+from benchmarks.markdown import machine, write_section
 from detectors import load_detector
 from detectors.evaluation import Scores, breakdown, score
 from detectors.frontend import SAMPLE_RATE, fbank, frames_for
@@ -206,7 +206,6 @@ def main() -> None:
     left_out = {} if args.skip_lofo else lofo(clips, args.lofo_minutes)
     speeds = speed(detector)
     lines = [
-        "<!-- watermark-robustness:detector:begin -->",
         "## Synthetic-voice detector",
         "",
         f"Command: `{command}`  ",
@@ -239,7 +238,6 @@ def main() -> None:
         f"| MIT-size AST (10.24 s windows, half overlap), forward only | "
         f"{speeds['mit_x_realtime']:.1f}x ({speeds['mit_window_ms']:.0f} ms per window) |",
         "",
-        "<!-- watermark-robustness:detector:end -->",
         "",
     ]
     write_section(OUT, "detector", "\n".join(lines))

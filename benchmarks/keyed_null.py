@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.corpus import build_clips, unmarked_windows
-from benchmarks.watermark_robustness import machine, write_section
+from benchmarks.markdown import machine, write_section
 from watermark.keyed import KeyedBackend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     quick, search, p = rows.T
     command = "python -m benchmarks.keyed_null " + shlex.join(argv or sys.argv[1:])
     lines = [
-        "<!-- watermark-robustness:keyed-null:begin -->",
         "## Keyed watermark: p-values on unmarked audio",
         "",
         f"Command: `{command}`  ",
@@ -81,7 +80,6 @@ def main(argv: list[str] | None = None) -> None:
         f"the stretch search; smallest p-value seen: {p.min():.3g}. The detector reports a mark "
         "at p < 1e-6, which needs a score of about 6.15 (untouched grid) or 6.85 (after the "
         "search).",
-        "<!-- watermark-robustness:keyed-null:end -->",
     ]
     write_section(args.out, "keyed-null", "\n".join(lines) + "\n")
     print("\n".join(lines[9:15]))

@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from benchmarks.watermark_robustness import machine, write_section
+from benchmarks.markdown import machine, write_section
 from guard.server_config import new_token, token_digest
 from watermark.keys import write_key
 
@@ -258,7 +258,6 @@ def section(
     mib = [rss / MB for _, rss in memory]
     target_run = next((r for r in runs if r.clients == 8), None)
     lines = [
-        "<!-- watermark-robustness:http-load:begin -->",
         "## HTTP service: load",
         "",
         f"Command: `{' '.join(['python -m benchmarks.load', *map(shlex.quote, sys.argv[1:])])}`  ",
@@ -317,7 +316,6 @@ def section(
             + "; ".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in checks)
             + ".",
         ]
-    lines.append("<!-- watermark-robustness:http-load:end -->")
     return "\n".join(lines) + "\n"
 
 

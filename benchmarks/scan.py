@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks.corpus import KINDS, build_clips
-from benchmarks.watermark_robustness import machine, write_section
+from benchmarks.markdown import machine, write_section
 from detectors.detector import SHIPPED_HEAD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,7 +188,6 @@ def section(timings: list[Timing], source: str, command: str, note: str, runs: i
     ]
     return "\n".join(
         [
-            "<!-- watermark-robustness:scan:begin -->",
             "## Scan throughput: `audioguard scan`",
             "",
             f"Command: `{command}`  ",
@@ -211,7 +210,6 @@ def section(timings: list[Timing], source: str, command: str, note: str, runs: i
             "| first line (s) | steady files/s | steady × real time | audio s per CPU s | load |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
-            "<!-- watermark-robustness:scan:end -->",
             "",
         ]
     )

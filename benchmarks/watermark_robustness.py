@@ -18,8 +18,6 @@ import datetime
 import math
 import multiprocessing
 import os
-import platform
-import re
 import shlex
 import statistics
 import sys
@@ -37,6 +35,7 @@ from pesq import PesqError, pesq
 from tqdm import tqdm
 
 from benchmarks.corpus import KINDS, Clip, build_clips
+from benchmarks.markdown import machine, write_section
 from guard.edits import EDITS, Edit, EditError
 from watermark.registry import create_backend
 from watermark.types import WatermarkBackend, WatermarkError
@@ -349,16 +348,6 @@ def summary_lines(results: list[ClipOutcome], speeds: Speed | None) -> list[str]
     return lines
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        model = found.group(1).strip() if found else model
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-    return f"{model}, {os.cpu_count()} cores (load average {load} when speed was measured)"
-
-
 def section(
     name: str,
     args: argparse.Namespace,
@@ -366,11 +355,9 @@ def section(
     speeds: Speed | None,
     command: str,
 ) -> str:
-    key = f"{name}-quick" if args.quick else name
     source = "the bundled samples" if args.quick else "the corpus from `benchmarks/corpus.py`"
     weights = f" with weights `{args.audioseal_weights}`" if name == "audioseal" else ""
     body = [
-        f"<!-- watermark-robustness:{key}:begin -->",
         f"## Watermark robustness: `{name}`" + (" (quick)" if args.quick else ""),
         "",
         f"Command: `{command}`  ",
@@ -387,24 +374,8 @@ def section(
         "payload that was not returned as chance (50%). False positives: unmarked clips, same "
         "edit, reported as marked. Pass: detection at the target, no false positive, and (for "
         "the 99% edits of a backend with a payload) the exact payload at the target.",
-        f"<!-- watermark-robustness:{key}:end -->",
     ]
     return "\n".join(body) + "\n"
-
-
-def write_section(out: Path, key: str, text: str) -> None:
-    """Replace this backend's section in ``out`` (or append it), leaving the rest untouched."""
-    existing = out.read_text() if out.exists() else "# Benchmarks\n"
-    pattern = re.compile(
-        rf"<!-- watermark-robustness:{re.escape(key)}:begin -->.*?"
-        rf"<!-- watermark-robustness:{re.escape(key)}:end -->\n?",
-        re.DOTALL,
-    )
-    if pattern.search(existing):
-        updated = pattern.sub(lambda _: text, existing)
-    else:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    out.write_text(updated)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,5 +89,5 @@ def pretrain(
         optimiser.step()
         step += 1
         if step % 100 == 0:
-            log(f"pretrain step {step} reconstruction loss {float(loss):.4f}")
+            log(f"pretrain step {step} reconstruction loss {loss.item():.4f}")
     return model.ast

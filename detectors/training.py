@@ -60,9 +60,15 @@ class TrainSettings:
 
 
 def origin_of(row: dict[str, object]) -> str:
-    """The real package a clip's audio came from, or the TTS engine for text-to-speech."""
-    if row["label"] == "real" or row["family"] in RESYNTHESIS_FAMILIES:
-        return str(row.get("origin") or row["source"]).split(":")[0]
+    """The real package a clip's audio came from, or the TTS engine for text-to-speech.
+
+    Real clips name their package as ``source``; re-syntheses name ``family:package``.
+    """
+    source = str(row["source"])
+    if row["family"] in RESYNTHESIS_FAMILIES:
+        return source.split(":", 1)[-1]
+    if row["label"] == "real":
+        return source
     return str(row["family"])
 
 
@@ -221,8 +227,8 @@ def train_backbone(
         step += 1
         if step % 100 == 0 and val:
             s = score([c.label for c in val], clip_logits(model, val, frames))
-            history.append({"step": step, "loss": round(float(loss), 4), **s.to_dict()})
-            log(f"step {step} loss {float(loss):.3f} val EER {s.eer:.3f} AUC {s.auc:.3f}")
+            history.append({"step": step, "loss": round(loss.item(), 4), **s.to_dict()})
+            log(f"step {step} loss {loss.item():.3f} val EER {s.eer:.3f} AUC {s.auc:.3f}")
             if s.eer is not None and s.eer < best_eer:
                 best_eer = s.eer
                 best_state = {k: v.clone() for k, v in model.ast.state_dict().items()}

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-class DetectorError(Exception):
-    """The detector could not be built or run; the message is meant for a person."""
+class DetectorError(ValueError):
+    """The detector could not be built or run; the message is meant for a person.
+
+    A ``ValueError``, so the CLI reports it as one sentence without importing this package.
+    """
 
 
 @dataclass(frozen=True)

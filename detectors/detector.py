@@ -1,8 +1,9 @@
 """Sliding-window inference: any length, rate and channel count in, per-window and file scores out.
 
 Like pyannote's ``Inference``: the model judges fixed windows, the windows overlap by half,
-and the file's answer is pooled from the windows that hold sound. Windows that are nearly
-silent are not judged at all, because a score on silence says nothing about a voice.
+and the file's answer is pooled from the windows that hold speech. Windows that are nearly
+silent, or hold no speech (music, effects), are not judged at all, because a score there
+says nothing about a voice.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import torch
 from detectors.backbone import Backbone, load_backbone, pool
 from detectors.frontend import SAMPLE_RATE, fbank, fit_frames, to_model_input
 from detectors.head import LogisticHead
+from detectors.speech import CHUNK, speech_fraction, speech_model
 from detectors.types import DetectorError, DetectorResult, SegmentScore
 
 SHIPPED_HEAD = Path(__file__).parent / "weights" / "compact_ast_head.json"
 SILENCE_DBFS = -55.0
+MIN_SPEECH = 0.2
+"""A window is judged when at least this share of it is speech (music, noise are not voices)."""
 BATCH = 16
 
 
@@ -49,9 +53,12 @@ class SyntheticVoiceDetector:
 
     def predict(self, audio: torch.Tensor, sample_rate: int) -> DetectorResult:
         mono = to_model_input(audio, sample_rate)
-        windows, spans = voiced_windows(mono, self.backbone.window_frames, self.hop_fraction)
+        speech = speech_model()(mono)
+        speech_seconds = round(float((speech >= 0.5).sum()) * CHUNK / SAMPLE_RATE, 2)
+        size = self.backbone.window_frames
+        windows, spans = voiced_windows(mono, size, self.hop_fraction, speech)
         if not spans:
-            return DetectorResult(None, (), self.model_id)
+            return DetectorResult(None, (), self.model_id, speech_seconds)
         logits = self.head.logits(self.embed_windows(windows))
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         segments = tuple(
@@ -59,16 +66,21 @@ class SyntheticVoiceDetector:
             for (start, end), p in zip(spans, probabilities, strict=True)
         )
         file_probability = float(1.0 / (1.0 + math.exp(-float(np.mean(logits)))))
-        return DetectorResult(file_probability, segments, self.model_id)
+        return DetectorResult(file_probability, segments, self.model_id, speech_seconds)
 
 
 def voiced_windows(
-    mono: torch.Tensor, size: int, hop_fraction: float = 0.5
+    mono: torch.Tensor,
+    size: int,
+    hop_fraction: float = 0.5,
+    speech: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[tuple[float, float]]]:
     """Cut the fbank of a 16 kHz waveform into overlapping ``size``-frame windows.
 
-    Windows quieter than ``SILENCE_DBFS`` are dropped; the spans say where each kept window
-    lies in seconds. Input shorter than 0.1 s gives no window at all.
+    Windows quieter than ``SILENCE_DBFS`` are dropped, and so, when ``speech`` (per-chunk
+    speech probabilities from :mod:`detectors.speech`) is given, are windows with less than
+    ``MIN_SPEECH`` of speech; the spans say where each kept window lies in seconds. Input
+    shorter than 0.1 s gives no window at all.
     """
     duration = mono.numel() / SAMPLE_RATE
     if mono.numel() < SAMPLE_RATE // 10:
@@ -83,6 +95,8 @@ def voiced_windows(
         piece = mono[int(start / 100 * SAMPLE_RATE) : int(end_s * SAMPLE_RATE)]
         rms = float(piece.pow(2).mean().sqrt()) if piece.numel() else 0.0
         if 20 * math.log10(rms + 1e-12) < SILENCE_DBFS:
+            continue
+        if speech is not None and speech_fraction(speech, start / 100, end_s) < MIN_SPEECH:
             continue
         chosen.append(fit_frames(features[start : start + size], size))
         spans.append((start / 100, end_s))

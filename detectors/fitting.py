@@ -16,6 +16,7 @@ from detectors.detector import voiced_windows
 from detectors.evaluation import score
 from detectors.frontend import to_model_input
 from detectors.head import LogisticHead
+from detectors.speech import speech_model
 from detectors.types import DetectorError
 
 POOLINGS = ("mean", "mean+cls")
@@ -32,8 +33,9 @@ class FileEmbedding:
 
 @torch.inference_mode()
 def embed_file(backbone: Backbone, audio: torch.Tensor, sample_rate: int) -> np.ndarray | None:
-    """Pool every layer of every voiced window; ``None`` when nothing in the file is audible."""
-    windows, _ = voiced_windows(to_model_input(audio, sample_rate), backbone.window_frames)
+    """Pool every layer of every window with speech; ``None`` when the file holds none."""
+    mono = to_model_input(audio, sample_rate)
+    windows, _ = voiced_windows(mono, backbone.window_frames, speech=speech_model()(mono))
     if not len(windows):
         return None
     parts = []

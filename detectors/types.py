@@ -32,13 +32,15 @@ class SegmentScore:
 class DetectorResult:
     """The file-level answer plus the per-window scores it was pooled from.
 
-    ``synthetic_probability`` is ``None`` when the input held no window loud enough to judge
-    (silence, a click); a policy must be able to tell "no speech" from "real speech".
+    ``synthetic_probability`` is ``None`` when the input held no window with speech to judge
+    (silence, music, a click); a policy must be able to tell "no voice" from "real voice".
+    ``speech_seconds`` is how much of the input the speech gate heard as speech.
     """
 
     synthetic_probability: float | None
     segments: tuple[SegmentScore, ...]
     model: str
+    speech_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         probability = self.synthetic_probability
@@ -46,4 +48,5 @@ class DetectorResult:
             "synthetic_probability": None if probability is None else round(probability, 4),
             "segments": [s.to_dict() for s in self.segments],
             "model": self.model,
+            "speech_seconds": self.speech_seconds,
         }

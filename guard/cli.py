@@ -11,7 +11,11 @@ import sys
 import click
 
 from guard.audio import AudioError
+from guard.cli_detect import detect, detectors
 from guard.cli_policy import audit, policy
+from guard.cli_report import audit_report
+from guard.cli_scan import scan
+from guard.cli_serve import serve
 from guard.cli_watermark import watermark
 from watermark.types import WatermarkError
 
@@ -28,22 +32,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 cli.add_command(watermark)
-
-from guard.cli_detect import detect, detectors  # noqa: E402
-
 cli.add_command(detect)
 cli.add_command(detectors)
+cli.add_command(scan)
 cli.add_command(policy)
 cli.add_command(audit)
-
-from guard.cli_report import audit_report  # noqa: E402
-from guard.cli_scan import scan  # noqa: E402
-
-cli.add_command(scan)
 audit.add_command(audit_report)  # `audit DIR --report FILE.html`, see AuditGroup
-
-from guard.cli_serve import serve  # noqa: E402
-
 cli.add_command(serve)
 
 

@@ -22,6 +22,7 @@ from detectors.detector import voiced_windows
 from detectors.evaluation import breakdown, equal_error_rate, score
 from detectors.frontend import FBANK_MEAN, FBANK_STD, SAMPLE_RATE, fbank, to_model_input
 from detectors.head import LogisticHead
+from detectors.speech import speech_fraction, speech_model
 from guard.cli import cli
 
 
@@ -152,6 +153,19 @@ def test_any_rate_and_channel_count_gives_the_same_answer(detector):
 def test_silence_has_no_probability(detector):
     result = detector.predict(torch.zeros(1, SAMPLE_RATE * 4), SAMPLE_RATE)
     assert result.synthetic_probability is None and result.segments == ()
+
+
+@pytest.mark.parametrize("name", ["music/drascula_track6.flac", "sfx/freedesktop_alarm_clock.flac"])
+def test_music_and_effects_are_not_judged_as_voices(detector, name):
+    result = detector.predict(*read_sample(name))
+    assert result.synthetic_probability is None and result.speech_seconds < 0.5
+
+
+def test_the_speech_gate_hears_speech_and_not_music():
+    speech = speech_model()(to_model_input(*read_sample("speech/warzone_tutorial_tut73.flac")))
+    music = speech_model()(to_model_input(*read_sample("music/pathological_background.flac")))
+    assert speech_fraction(speech, 0, 6) > 0.6
+    assert speech_fraction(music, 0, 8) < 0.1
 
 
 def test_shipped_detector_separates_espeak_from_recorded_speech(detector, tmp_path: Path):

@@ -1,0 +1,79 @@
+"""Where a recording holds speech, so that the synthetic-*voice* detector judges only voices.
+
+A detector of synthetic speech has nothing to say about music or a door slam, and a score on
+them is noise that a policy would act on. The gate is Silero VAD (MIT), whose weights ship as
+safetensors inside the ``silero-vad`` wheel; the small network is rebuilt here in torch from
+its published structure, so no TorchScript or ONNX runtime is loaded.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from detectors.types import DetectorError
+
+CHUNK = 512  # 32 ms at 16 kHz: the step Silero VAD was trained on
+CONTEXT = 64  # samples of the previous chunk each chunk sees
+
+
+class SileroVAD(nn.Module):
+    """Silero VAD v5 at 16 kHz: a learned STFT, four convolutions, then an LSTM cell over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stft_conv = nn.Conv1d(1, 258, kernel_size=256, stride=128, bias=False)
+        self.conv1 = nn.Conv1d(129, 128, 3, padding=1)
+        self.conv2 = nn.Conv1d(128, 64, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(64, 64, 3, stride=2, padding=1)
+        self.conv4 = nn.Conv1d(64, 128, 3, padding=1)
+        self.lstm_cell = nn.LSTMCell(128, 128)
+        self.final_conv = nn.Conv1d(128, 1, 1)
+
+    @torch.inference_mode()
+    def forward(self, mono_16k: torch.Tensor) -> torch.Tensor:
+        """Speech probability of every 32 ms chunk of a 16 kHz waveform."""
+        padded = nn.functional.pad(mono_16k, (CONTEXT, (-mono_16k.numel()) % CHUNK))
+        count = (padded.numel() - CONTEXT) // CHUNK
+        if count == 0:
+            return torch.zeros(0)
+        chunks = padded.unfold(0, CHUNK + CONTEXT, CHUNK)[:count]
+        x = nn.functional.pad(chunks.unsqueeze(1), (0, 64), mode="reflect")
+        x = self.stft_conv(x)
+        x = (x[:, :129].pow(2) + x[:, 129:].pow(2)).sqrt()
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            x = conv(x).relu()
+        features = x.squeeze(-1)
+        h = c = torch.zeros(1, 128)
+        outputs = []
+        for step in features:
+            h, c = self.lstm_cell(step.unsqueeze(0), (h, c))
+            outputs.append(h)
+        hidden = torch.cat(outputs).relu().unsqueeze(-1)
+        return self.final_conv(hidden).sigmoid().squeeze(-1).squeeze(-1)
+
+
+@cache
+def speech_model() -> SileroVAD:
+    """The VAD with the weights from the ``silero-vad`` wheel, loaded once per process."""
+    try:
+        weights = resources.files("silero_vad.data") / "silero_vad_16k.safetensors"
+        state = load_file(str(weights))
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        raise DetectorError(
+            f"the speech gate needs the silero-vad package (pip install silero-vad): {exc}"
+        ) from exc
+    model = SileroVAD()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def speech_fraction(chunk_probabilities: torch.Tensor, start_s: float, end_s: float) -> float:
+    """Share of the 32 ms chunks between two times that the VAD calls speech (p >= 0.5)."""
+    first, last = int(start_s * 16000 // CHUNK), int(end_s * 16000 // CHUNK)
+    window = chunk_probabilities[first : max(first + 1, last)]
+    return float((window >= 0.5).float().mean()) if window.numel() else 0.0

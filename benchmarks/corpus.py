@@ -15,17 +15,13 @@ on the samples is not also scored on them.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import math
 import multiprocessing
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,13 +32,14 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from detectors.corpus.debian import fetch_package, matches
+
 CORPUS_VERSION = 1
 """Bump when the recipe below changes, so cached clips from an older recipe are rebuilt."""
 
 KINDS = ("speech", "music", "sfx")
 BASE_RATE = 16_000
 MIN_SECONDS, MAX_SECONDS = 5.0, 10.0
-AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac")
 HIGH_RATE_MUSIC_EVERY = 4
 HIGH_RATES = (44_100, 48_000)
 """Every fourth music clip stays stereo at 44.1 or 48 kHz (alternately), so rates and channels
@@ -188,51 +185,13 @@ SOURCES: tuple[Source, ...] = (
 # Fetching packages
 
 
-def _matches(rel: str, patterns: tuple[str, ...], exclude: tuple[str, ...] = ()) -> bool:
-    return any(fnmatch.fnmatch(rel, p) for p in patterns) and not any(
-        fnmatch.fnmatch(rel, e) for e in exclude
-    )
-
-
 def _fetch_package(package: str, cache_dir: Path) -> Path:
-    """Download and unpack one package, keeping only the audio files that a source uses.
-
-    The .deb and the rest of its tree are thrown away, so the cache stays a few hundred MB.
-    """
+    """Download and unpack one package, keeping only the audio files that a source uses."""
     dest = cache_dir / "packages" / package
     sources = [s for s in SOURCES if s.package == package]
     patterns = tuple(p for s in sources for p in s.patterns)
-    stamp = dest / ".done"
-    if stamp.exists() and json.loads(stamp.read_text())["patterns"] == list(patterns):
-        return dest
-    archives = {s.archive for s in sources if s.archive}
-    with tempfile.TemporaryDirectory(prefix=f"corpus-{package}-") as tmp:
-        work = Path(tmp)
-        fetched = subprocess.run(
-            ["apt-get", "download", "-qq", package], cwd=work, capture_output=True, text=True
-        )
-        if fetched.returncode != 0:
-            raise RuntimeError(
-                f"apt-get download {package} failed ({fetched.stderr.strip()}); "
-                "run `apt-get update` and check that a Debian mirror is reachable"
-            )
-        (deb,) = work.glob("*.deb")
-        root = work / "root"
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-        version = deb.name.split("_")[1]
-        for archive in archives:
-            with zipfile.ZipFile(root / archive) as zf:
-                members = [m for m in zf.namelist() if m.lower().endswith(AUDIO_SUFFIXES)]
-                zf.extractall(root / f"{archive}.d", members)
-        if dest.exists():
-            shutil.rmtree(dest)
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root).as_posix()
-            if path.is_file() and _matches(rel, patterns):
-                target = dest / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(path, target)
-    stamp.write_text(json.dumps({"version": version, "patterns": patterns}))
+    archives = sorted({s.archive for s in sources if s.archive})
+    fetch_package(package, dest, patterns, archives)
     return dest
 
 
@@ -241,7 +200,7 @@ def _source_files(source: Source, cache_dir: Path) -> list[Path]:
     files = [
         p
         for p in root.rglob("*")
-        if p.is_file() and _matches(p.relative_to(root).as_posix(), source.patterns, source.exclude)
+        if p.is_file() and matches(p.relative_to(root).as_posix(), source.patterns, source.exclude)
     ]
     return sorted(files)
 

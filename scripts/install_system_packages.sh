@@ -3,11 +3,17 @@
 #   ffmpeg            MP3/AAC/Opus round trips and tempo changes in guard/edits.py
 #   sox, libsox-fmt-all  command-line audio conversion with every format handler
 #   ca-certificates   HTTPS package mirrors
-# benchmarks/corpus.py also uses apt-get download and dpkg-deb, which every Debian system has.
+#   espeak-ng         formant text-to-speech in many languages: synthetic voices of the detector corpus
+#   flite             small diphone/clustergen text-to-speech: its built-in English voices, same corpus
+#   festival          the festival speech synthesiser, which speaks with the two voices below
+#   festvox-kallpc16k festival's American English male diphone voice "kal" (16 kHz)
+#   festvox-kdlpc16k  festival's American English male diphone voice "ked" (16 kHz)
+# benchmarks/corpus.py and detectors/corpus also use apt-get download and dpkg-deb, which every
+# Debian system has.
 # Idempotent and quiet: does nothing when everything is already installed.
 set -euo pipefail
 
-packages=(ffmpeg sox libsox-fmt-all ca-certificates)
+packages=(ffmpeg sox libsox-fmt-all ca-certificates espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -116,8 +116,10 @@ def load_backbone(spec: str | Path | None = None) -> Backbone:
     if spec is None or str(spec) == COMPACT_NAME:
         return load_compact(SHIPPED_DIR / "compact_ast")
     path = Path(spec)
-    if path.suffix == ".safetensors" or (path / "compact_ast.safetensors").exists():
-        return load_compact(path.with_suffix("") if path.suffix else path / "compact_ast")
+    if (path / "compact_ast.safetensors").exists():
+        return load_compact(path / "compact_ast")
+    if path.suffix == ".safetensors" or path.with_suffix(".safetensors").exists():
+        return load_compact(path.with_suffix(""))
     try:
         model = ASTModel.from_pretrained(str(spec), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:

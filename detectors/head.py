@@ -106,8 +106,15 @@ class LogisticHead:
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DetectorError(f"{path}: not a readable detector head ({exc})") from exc
-        if data.get("format") != HEAD_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
             raise DetectorError(f"{path}: not an audioguard detector head (format {HEAD_FORMAT})")
+        try:
+            return cls._from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DetectorError(f"{path}: damaged detector head ({exc!r})") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> LogisticHead:
         return cls(
             backbone=data["backbone"],
             layers=list(data["layers"]),

@@ -13,7 +13,6 @@ these sources learns *which package a clip came from*. Three levers fight that h
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -297,8 +296,3 @@ def fit_head(
 def clip_scores(head: LogisticHead, embeddings: list[np.ndarray]) -> list[float]:
     """A clip's score is the mean calibrated logit of its windows, exactly as at inference."""
     return [float(head.logits(e).mean()) for e in embeddings]
-
-
-def write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -59,3 +59,8 @@ def main() -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a user never sees a traceback without --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+        sys.exit(1)

@@ -46,20 +46,8 @@ EXIT_FAIL_ON = 3
 
 PUBLIC_BACKENDS = tuple(b for b in BACKENDS if b != "keyed")
 
+
 # Per-file problems: reported on that file's line while the other files go on.
-SCAN_ERRORS = (audio_io.AudioError, WatermarkError, PolicyError, OSError)
-
-
-def detector_errors(used: bool) -> tuple[type[Exception], ...]:
-    """``DetectorError`` when a detector is used; ``detectors`` pulls in transformers, whose
-    import costs seconds that ``--no-detector`` scans and the other commands should not pay."""
-    if not used:
-        return ()
-    from detectors import DetectorError
-
-    return (DetectorError,)
-
-
 def default_workers() -> int:
     """The cores this process may run on (``taskset`` and cgroup CPU sets are honoured)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -157,10 +145,11 @@ def build_guard(
     )
     try:
         return Guard(config)
-    except detector_errors(config.use_detector) as exc:
-        raise click.ClickException(f"{exc} (use --no-detector to scan without it)") from exc
     except (PolicyError, AuditLogError, WatermarkError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # DetectorError: the detector could not be built
+        hint = " (use --no-detector to scan without it)" if config.use_detector else ""
+        raise click.ClickException(f"{exc}{hint}") from exc
 
 
 def screen_one(guard: Guard, path: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +158,7 @@ def screen_one(guard: Guard, path: Path, meta: dict[str, Any]) -> dict[str, Any]
         return guard.screen_file(path, meta).to_dict()
     except audio_io.AudioError as exc:
         return {"path": str(path), "error": str(exc)}
-    except (*SCAN_ERRORS, *detector_errors(guard.detector is not None)) as exc:
+    except Exception as exc:  # noqa: BLE001 - one file's failure must not lose the others
         return {"path": str(path), "error": f"{path}: {exc}"}
 
 

@@ -171,14 +171,16 @@ class Guard:
         tags: list[str] | None = None,
     ) -> dict[str, Any]:
         """Run every component once and flatten the answers into policy facts."""
-        probability, segments = None, []
+        probability, segments, speech = None, [], None
         if self.detector is not None:
             result = self.detector.predict(audio, sample_rate)
             probability = result.synthetic_probability
             segments = [s.to_dict() for s in result.segments]
+            speech = result.speech_seconds
         return {
             "synthetic_probability": probability,
             "segments": segments,
+            "speech_seconds": speech,
             "watermarks": self.watermark_findings(audio, sample_rate),
             "duration": round(audio.shape[-1] / sample_rate, 3),
             "sample_rate": sample_rate,
@@ -214,10 +216,18 @@ class Guard:
             marked, detection = result.audio, result.verification.to_dict()
             verified, seconds, snr = True, result.marked_seconds, result.snr_db
         except WatermarkError as exc:
-            detection = {"backend": "keyed", "detected": False, "p_value": 1.0, "error": str(exc)}
+            detection = {
+                "backend": "keyed",
+                "detected": False,
+                "p_value": 1.0,
+                "payload": None,
+                "segments": [],
+                "error": str(exc),
+            }
         facts = {
             "synthetic_probability": None,
             "segments": [],
+            "speech_seconds": None,
             "watermarks": [detection],
             "duration": round(audio.shape[-1] / sample_rate, 3),
             "sample_rate": sample_rate,
@@ -264,5 +274,12 @@ def _finding(backend: WatermarkBackend, audio: torch.Tensor, sample_rate: int) -
     try:
         found = backend.detect(audio, sample_rate).to_dict()
     except WatermarkError as exc:
-        return {"backend": backend.name, "detected": False, "p_value": None, "error": str(exc)}
+        return {
+            "backend": backend.name,
+            "detected": False,
+            "p_value": None,
+            "payload": None,
+            "segments": [],
+            "error": str(exc),
+        }
     return {k: found[k] for k in ("backend", "detected", "p_value", "payload", "segments", "score")}

@@ -368,7 +368,7 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
         responses=_errors(401, 403, 429, 503),
         tags=["scan"],
     )
-    def policies(who: Caller) -> dict[str, Any]:
+    async def policies(who: Caller) -> dict[str, Any]:
         """The policies a scan may name, with their rules."""
         service.authorize(who, "scan")
         service.guard_for(None)  # 503 while the models load
@@ -517,7 +517,7 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
             "Content-Length": str(size),
             "Content-Disposition": _content_disposition(upload.filename, upload.path.suffix),
             "X-Audioguard-Verified": "true" if result.verified else "false",
-            "X-Audioguard-P-Value": f"{detection.get('p_value', 1.0):.3g}",
+            "X-Audioguard-P-Value": f"{detection.get('p_value') or 1.0:.3g}",
             "X-Audioguard-Payload": detection.get("payload") or "",
             "X-Audioguard-Key-Id": key_id,
             "X-Audioguard-Decision": str(result.decision.get("action", "")),

@@ -34,6 +34,7 @@ KNOWN_FACTS: tuple[str, ...] = (
     "meta",
     "sample_rate",
     "segments",
+    "speech_seconds",
     "synthetic_probability",
     "tags",
     "watermarks",
@@ -47,7 +48,7 @@ _CEL_TYPE_NAMES = frozenset(
 _MACROS = frozenset({"all", "exists", "exists_one", "filter", "map"})
 # Fields the fact schema declares as floating point (top-level facts, and fields of the
 # records inside list facts). An int there becomes a CEL double so comparisons type-check.
-_DOUBLE_FACTS = frozenset({"synthetic_probability", "duration"})
+_DOUBLE_FACTS = frozenset({"synthetic_probability", "duration", "speech_seconds"})
 _DOUBLE_FIELDS = {
     "segments": frozenset({"start", "end", "synthetic_probability"}),
     "watermarks": frozenset({"p_value", "score"}),

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from detectors.backbone import COMPACT_NAME, save_compact, select
+from detectors.corpus import load_manifest
 from detectors.evaluation import breakdown, score
 from detectors.frontend import frames_for
 from detectors.pretraining import pretrain
@@ -33,10 +34,6 @@ from detectors.training import (
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "detectors" / "weights"
 VERSION = 1
-
-
-def read_manifest(corpus: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()]
 
 
 def choose_embedding(ast, train: list[Clip], val: list[Clip], frames: int, log) -> dict:
@@ -96,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    rows = read_manifest(args.corpus)
+    rows = load_manifest(args.corpus)
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
     print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
@@ -123,8 +120,10 @@ def main() -> None:
     )
     test = evaluate(head, ast, clips["test"], frames)
     print(json.dumps(test["overall"]), json.dumps(test["by_family"]))
+    recipe = json.loads((args.corpus / "corpus.json").read_text()).get("recipe", {})
     corpus_card = {
         "builder": "audioguard detectors build-corpus",
+        "recipe": {k: recipe.get(k) for k in ("version", "seed", "clips_per_source")},
         "clips": {s: len(c) for s, c in clips.items()},
         "families": sorted({c.family for c in clips["train"]}),
     }
@@ -149,7 +148,8 @@ def main() -> None:
     )
     head.card = {
         "name": f"head-{VERSION}",
-        "backbone_spec": None,
+        # a head written elsewhere must not silently pair with the shipped backbone
+        "backbone_spec": None if args.out == WEIGHTS else str(args.out / "compact_ast"),
         "backbone": backbone_name,
         "layers": layers,
         "pooling": pooling,

@@ -19,6 +19,7 @@ SYNTHETIC = {
     "segments": [{"start": 0.0, "end": 2.0, "synthetic_probability": 0.95}],
     "watermarks": [],
     "duration": 4.0,
+    "speech_seconds": 3.8,
     "sample_rate": 16000,
     "channels": 1,
     "tags": [],
@@ -117,7 +118,7 @@ def test_explain_json_reads_facts_from_a_file(run, tmp_path, form):
     result = json.loads(out.stdout)
     assert result["action"] == "block"
     assert result["matched_rules"] == ["undisclosed-synthetic-voice"]
-    assert len(result["trace"]) == 6
+    assert len(result["trace"]) == 7
     assert result["trace"][1]["reads"]["synthetic_probability"] == 0.9312
     assert result["policy"] == {"name": "audit-strict", "version": 1}
     assert result["unknown_facts"] == ["extra"]

@@ -23,6 +23,7 @@ def facts(**overrides):
             {"backend": "perth", "detected": False, "p_value": 0.7, "payload": None},
         ],
         "duration": 4.0,
+        "speech_seconds": 3.5,
         "sample_rate": 16000,
         "channels": 1,
         "tags": [],
@@ -118,7 +119,12 @@ def test_generator_output_blocks_whatever_lacks_a_verified_mark(verified, marks,
 
 def test_audit_strict_reviews_what_it_cannot_check():
     policy = Policy.load("audit-strict")
-    assert policy.decide(facts(synthetic_probability=None)).matched_rules == ["no-detector-score"]
+    no_detector = facts(synthetic_probability=None, speech_seconds=None)
+    assert policy.decide(no_detector).matched_rules == ["no-detector-score"]
+    music = facts(synthetic_probability=None, speech_seconds=0.0, segments=[])
+    assert policy.decide(music).action == "allow"
+    perth_hint = facts(watermarks=[{"backend": "perth", "detected": True, "p_value": 0.03}])
+    assert policy.decide(perth_hint).matched_rules == ["public-watermark-hint"]
     missing_duration = facts()
     del missing_duration["duration"]
     decision = policy.decide(missing_duration)
@@ -305,6 +311,7 @@ def test_known_facts_match_the_design():
         "tags",
         "meta",
         "mark_verified",
+        "speech_seconds",
     }
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from guard import audio as audio_io
-from guard.progress import progress
+from guard.progress import emit_error, progress
 
 if TYPE_CHECKING:
     from detectors.evaluation import Scores
@@ -40,7 +40,7 @@ def detect(paths: tuple[str, ...], head: str | None, backbone: str | None, as_js
             result = detector.predict(samples, info.sample_rate)
         except (audio_io.AudioError, DetectorError) as exc:
             failed = True
-            _error(path, exc, as_json)
+            emit_error(path, exc, as_json)
             continue
         if as_json:
             click.echo(json.dumps({"path": str(path), **result.to_dict()}))
@@ -55,13 +55,6 @@ def detect(paths: tuple[str, ...], head: str | None, backbone: str | None, as_js
             )
     if failed:
         sys.exit(1)
-
-
-def _error(path: Path, exc: Exception, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"path": str(path), "error": str(exc)}))
-    else:
-        click.echo(f"error: {exc}", err=True)
 
 
 @click.group()

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from guard import audio as audio_io
-from guard.progress import progress
+from guard.progress import emit_error, progress
 from watermark.keyed import EMBED_CHUNK_SECONDS, KeyedBackend
 from watermark.keys import read_key, write_key
 from watermark.registry import BACKENDS, create_backend
@@ -156,19 +156,11 @@ def detect(
             found = mark.detect(samples, info.sample_rate)
         except (audio_io.AudioError, WatermarkError) as exc:
             failed = True
-            _emit_error(path, exc, as_json)
+            emit_error(path, exc, as_json)
             continue
         _emit_detection(path, found, as_json)
     if failed:
         sys.exit(1)
-
-
-def _emit_error(path: Path, exc: Exception, as_json: bool) -> None:
-    message = str(exc)
-    if as_json:
-        click.echo(json.dumps({"path": str(path), "error": message}))
-    else:
-        click.echo(f"error: {message}", err=True)
 
 
 def _emit_detection(path: Path, found: Detection, as_json: bool) -> None:

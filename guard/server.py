@@ -379,6 +379,21 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
 
     upload_errors = _errors(400, 401, 403, 408, 413, 415, 422, 429, 503)
 
+    async def answer(
+        request: Request,
+        who: Principal,
+        fields: frozenset[str],
+        work: Callable[[Upload], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Admit the request, stream its upload to a private folder, run ``work`` off the loop."""
+        service.admit(who, "scan")
+        try:
+            with service.uploads_dir() as folder:
+                upload = await service.upload(request, folder, fields)
+                return await service.run(lambda: work(upload))
+        finally:
+            service.gate.leave()
+
     @app.post(
         "/v1/scan",
         response_model=ScanResult,
@@ -388,23 +403,17 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
     )
     async def scan(request: Request, who: Caller) -> JSONResponse:
         """Detector, every watermark check and the policy's decision for one upload."""
-        service.admit(who, "scan")
-        try:
-            with service.uploads_dir() as folder:
-                upload = await service.upload(request, folder, frozenset({"meta", "policy"}))
-                guard = service.guard_for(upload.fields.get("policy") or None)
-                meta = _meta(upload)
 
-                def work() -> dict[str, Any]:
-                    audio, info = service.decode(upload)
-                    verdict = guard.screen(
-                        audio, info.sample_rate, meta, sha256=upload.sha256, path=upload.filename
-                    )
-                    return verdict.to_dict()
+        def work(upload: Upload) -> dict[str, Any]:
+            guard = service.guard_for(upload.fields.get("policy") or None)
+            meta = _meta(upload)
+            audio, info = service.decode(upload)
+            verdict = guard.screen(
+                audio, info.sample_rate, meta, sha256=upload.sha256, path=upload.filename
+            )
+            return verdict.to_dict()
 
-                result = await service.run(work)
-        finally:
-            service.gate.leave()
+        result = await answer(request, who, frozenset({"meta", "policy"}), work)
         service.metrics.decisions.labels(result["decision"], result["policy"]["name"]).inc()
         return JSONResponse(result)
 
@@ -421,20 +430,13 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
         """The synthetic-voice detector alone: probability overall and per segment."""
         if not config.use_detector:
             raise ApiError(404, "detector_disabled", "this service runs without the detector")
-        service.admit(who, "scan")
-        try:
-            with service.uploads_dir() as folder:
-                upload = await service.upload(request, folder, frozenset())
 
-                def work() -> dict[str, Any]:
-                    audio, info = service.decode(upload)
-                    found = service.guard.detector.predict(audio, info.sample_rate)
-                    return {"path": upload.filename, **found.to_dict()}
+        def work(upload: Upload) -> dict[str, Any]:
+            audio, info = service.decode(upload)
+            found = service.guard.detector.predict(audio, info.sample_rate)
+            return {"path": upload.filename, **found.to_dict()}
 
-                result = await service.run(work)
-        finally:
-            service.gate.leave()
-        return JSONResponse(result)
+        return JSONResponse(await answer(request, who, frozenset(), work))
 
     @app.post(
         "/v1/watermark/detect",
@@ -445,20 +447,13 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
     )
     async def watermark_detect(request: Request, who: Caller) -> JSONResponse:
         """Every watermark check alone: the server's keyed marks, then the public ones."""
-        service.admit(who, "scan")
-        try:
-            with service.uploads_dir() as folder:
-                upload = await service.upload(request, folder, frozenset())
 
-                def work() -> dict[str, Any]:
-                    audio, info = service.decode(upload)
-                    found = service.guard.watermark_findings(audio, info.sample_rate)
-                    return {"path": upload.filename, "watermarks": found}
+        def work(upload: Upload) -> dict[str, Any]:
+            audio, info = service.decode(upload)
+            found = service.guard.watermark_findings(audio, info.sample_rate)
+            return {"path": upload.filename, "watermarks": found}
 
-                result = await service.run(work)
-        finally:
-            service.gate.leave()
-        return JSONResponse(result)
+        return JSONResponse(await answer(request, who, frozenset(), work))
 
     @app.post(
         "/v1/watermark/embed",

@@ -94,10 +94,11 @@ class ScanResult(_Open):
 
 class DetectResult(_Open):
     path: str
-    # None when no window was loud enough to judge (silence, a click).
+    # None when no window held speech to judge (silence, music, effects).
     synthetic_probability: float | None
     segments: list[SegmentScore]
     model: str
+    speech_seconds: float
 
 
 class WatermarkResult(BaseModel):

@@ -20,3 +20,18 @@ def read_sample(relative: str) -> tuple[torch.Tensor, int]:
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     return SAMPLES
+
+
+@pytest.fixture()
+def run():
+    """Invoke the ``audioguard`` CLI in-process: ``run("scan", path, "--json")``."""
+    from click.testing import CliRunner
+
+    from guard.cli import cli
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke

@@ -28,16 +28,6 @@ SYNTHETIC = {
 
 
 @pytest.fixture()
-def run():
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(cli, list(args), catch_exceptions=False)
-
-    return invoke
-
-
-@pytest.fixture()
 def bad_policy(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(

@@ -14,16 +14,6 @@ from guard import cli_watermark
 from guard.cli import cli
 
 
-@pytest.fixture()
-def run():
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(cli, list(args), catch_exceptions=False)
-
-    return invoke
-
-
 def embed_json(run, source, target, key, payload: str) -> dict:
     """Run ``watermark embed --json`` and return its report, failing on a non-zero exit."""
     out = run(

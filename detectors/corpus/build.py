@@ -93,6 +93,18 @@ def _summary(rows: list[dict[str, object]]) -> dict[str, dict[str, int]]:
     }
 
 
+def make_recipe(
+    version: int, seed: int, per_source: int, versions: dict[str, str]
+) -> dict[str, object]:
+    """Everything that decides a build's audio; a cached build is reused only if it matches."""
+    return {
+        "version": version,
+        "seed": seed,
+        "clips_per_source": per_source,
+        "packages": dict(sorted(versions.items())),
+    }
+
+
 def finished(out_dir: Path, recipe: dict[str, object]) -> bool:
     """Whether ``out_dir`` already holds a complete build of ``recipe``."""
     info = out_dir / "corpus.json"
@@ -151,12 +163,7 @@ def build_corpus(
     cache = Path(cache_dir).resolve() if cache_dir else out_dir / ".sources"
     versions = {**fetch_real(cache, TEXT_PATTERNS), **fetch_texts(cache)}
     per_source = clips_per_source or DEFAULT_CLIPS_PER_SOURCE
-    recipe = {
-        "version": RECIPE_VERSION,
-        "seed": seed,
-        "clips_per_source": per_source,
-        "packages": dict(sorted(versions.items())),
-    }
+    recipe = make_recipe(RECIPE_VERSION, seed, per_source, versions)
     if finished(out_dir, recipe):
         return manifest_path(out_dir)
     speakers = discover_speakers(cache)

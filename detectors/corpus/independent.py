@@ -16,7 +16,7 @@ from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
-from detectors.corpus.build import copy_licenses, finished, render_all, write_build
+from detectors.corpus.build import copy_licenses, finished, make_recipe, render_all, write_build
 from detectors.corpus.debian import fetch_package, matches
 from detectors.corpus.manifest import manifest_path
 from detectors.corpus.plan import plan_corpus
@@ -115,12 +115,7 @@ def build_independent_eval(
     cache = Path(cache_dir).resolve() if cache_dir else out_dir / ".sources"
     versions = _fetch(cache)
     per_source = clips_per_source or DEFAULT_CLIPS_PER_SOURCE
-    recipe = {
-        "version": RECIPE_VERSION,
-        "seed": seed,
-        "clips_per_source": per_source,
-        "packages": dict(sorted(versions.items())),
-    }
+    recipe = make_recipe(RECIPE_VERSION, seed, per_source, versions)
     if finished(out_dir, recipe):
         return manifest_path(out_dir)
     prompts = prompt_texts(cache)

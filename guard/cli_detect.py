@@ -119,7 +119,7 @@ def fit(real: str, synthetic: str, backbone: str | None, out: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
 def evaluate(real: str, synthetic: str, head: str | None, as_json: bool) -> None:
     """EER and AUC over two folders, and per sub-folder (each against all of the other class)."""
-    from detectors import load_detector
+    from detectors import DetectorError, load_detector
     from detectors.evaluation import breakdown, score
 
     detector = load_detector(head)
@@ -131,7 +131,12 @@ def evaluate(real: str, synthetic: str, head: str | None, as_json: bool) -> None
             click.echo(f"skipped: {exc}", err=True)
             failed += 1
             continue
-        result = detector.predict(samples, info.sample_rate)
+        try:
+            result = detector.predict(samples, info.sample_rate)
+        except DetectorError as exc:
+            click.echo(f"skipped: {path}: {exc}", err=True)
+            failed += 1
+            continue
         if result.synthetic_probability is None:
             continue
         labels.append(label)

@@ -168,9 +168,8 @@ class AuditGroup(click.Group):
     """A group where an unknown first argument is the folder of the ``report`` subcommand.
 
     ``audioguard audit verify LOG`` runs ``verify``; ``audioguard audit DIR --report FILE.html``
-    (the form the issue specifies) runs ``audit report DIR --report FILE.html``. The report
-    command lives elsewhere and attaches with this hook, in a module that ``guard/cli.py``
-    imports::
+    runs ``audit report DIR --report FILE.html``. The report command lives in
+    ``guard/cli_report.py`` and attaches with this hook, which ``guard/cli.py`` calls::
 
         from guard.cli_policy import REPORT_COMMAND, audit
 
@@ -180,7 +179,7 @@ class AuditGroup(click.Group):
         @click.option("--json", "as_json", is_flag=True)
         def report(paths, report_file, as_json): ...
 
-    Until then ``audit DIR`` fails as an unknown command. Rerouting applies when the first
+    Rerouting applies when the first
     argument is not a subcommand, unless it looks like a typo of one (``verfy``) and names no
     existing path; a folder literally named like a subcommand needs the explicit
     ``audit report verify``. The group ignores unknown options so that ``audit --report
@@ -207,7 +206,7 @@ def audit() -> None:
     """Audit logs and auditors' reports.
 
     `audit verify LOG` checks a decision log's hash chain (and signatures);
-    `audit DIR --report FILE.html` writes an auditor's report, where available.
+    `audit DIR --report FILE.html` scans DIR and writes an auditor's HTML report.
     """
 
 

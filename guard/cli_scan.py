@@ -35,8 +35,8 @@ from tqdm import tqdm
 from guard import audio as audio_io
 from guard.guard import Guard, GuardConfig
 from guard.progress import progress
-from guard.report import ACTIONS, summarize, write_report
-from policies import AuditLogError, PolicyError, head_hash
+from guard.report import summarize, write_report
+from policies import ACTIONS, AuditLogError, PolicyError, head_hash
 from watermark.registry import BACKENDS
 from watermark.types import WatermarkError
 
@@ -231,8 +231,8 @@ def run_scan(
 ) -> list[dict[str, Any]]:
     """Walk ``paths``, screen every file, hand each line to ``on_result`` in input order."""
     files = list(audio_io.iter_audio_paths(paths))
-    if not files and not quiet:
-        click.echo("no audio files found in " + ", ".join(paths), err=True)
+    if not files:  # a CI gate pointed at an empty or mistyped folder must not pass
+        raise click.ClickException("no audio files found in " + ", ".join(paths))
     results = []
     for result in screen_paths(
         guard, files, workers=workers or default_workers(), meta=meta, quiet=quiet

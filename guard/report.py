@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ACTIONS = ("allow", "label", "review", "block")
+from policies import ACTIONS
+
 """Policy actions from the mildest to the strictest."""
 
 HISTOGRAM_BINS = 10

@@ -17,7 +17,6 @@ import torch
 from conftest import read_sample
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    ASTModel,
     PreTrainedTokenizerFast,
     Qwen2AudioConfig,
     Qwen2AudioForConditionalGeneration,
@@ -31,9 +30,6 @@ from transformers import (
 )
 
 from detectors import load_detector
-from detectors.backbone import compact_config, save_compact
-from detectors.detector import SHIPPED_HEAD
-from detectors.head import LogisticHead
 from detectors.hf_export import export_detector
 from guard.adapters import (
     AdapterError,
@@ -139,35 +135,14 @@ def test_espeak_speaks_text_and_silence_and_names_failures():
 
 
 @pytest.fixture(scope="module")
-def detector_head(tmp_path_factory):
-    """The shipped head; until the trained weights ship, a compact AST and head built here."""
-    if SHIPPED_HEAD.exists():
-        return SHIPPED_HEAD
-    root = tmp_path_factory.mktemp("detector")
-    torch.manual_seed(0)
-    save_compact(ASTModel(compact_config()), root / "compact_ast", {"version": 1})
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(80, 2 * 2 * 192))
-    head = LogisticHead(
-        backbone="compact-ast-1",
-        layers=[2, 4],
-        pooling="mean+cls",
-        card={"name": "test-head", "backbone_spec": str(root)},
-    )
-    head.fit(features[:50], features[:50, 0] > 0, features[50:], features[50:, 1] > 0)
-    head.save(root / "head.json")
-    return root / "head.json"
-
-
-@pytest.fixture(scope="module")
-def ast_pipeline(detector_head, tmp_path_factory):
-    directory = export_detector(load_detector(detector_head), tmp_path_factory.mktemp("hf"))
+def ast_pipeline(tmp_path_factory):
+    directory = export_detector(load_detector(), tmp_path_factory.mktemp("hf"))
     return pipeline("audio-classification", model=str(directory))
 
 
-def test_exported_detector_scores_a_window_exactly_as_the_detector(detector_head, ast_pipeline):
+def test_exported_detector_scores_a_window_exactly_as_the_detector(ast_pipeline):
     clip, rate = read_sample("speech/allison_vm_instructions_8k.flac")  # 8 kHz: resampled
-    detector = load_detector(detector_head)
+    detector = load_detector()
     first = detector.predict(clip, rate).segments[0]
     assert first.start == 0.0  # the clip opens with speech, so window 0 was judged
 
@@ -182,8 +157,8 @@ def test_exported_detector_scores_a_window_exactly_as_the_detector(detector_head
     assert exported == {"config.json", "model.safetensors", "preprocessor_config.json"}
 
 
-def test_guarded_project_tagger_joins_the_verdict_to_its_labels(detector_head, ast_pipeline):
-    guard = Guard(GuardConfig(detector_head=detector_head, public_backends=()))
+def test_guarded_project_tagger_joins_the_verdict_to_its_labels(ast_pipeline):
+    guard = Guard(GuardConfig(public_backends=()))
     clip, rate = read_sample("speech/fillets_society_stebet0.flac")
 
     tagged = GuardedTagger.from_pipeline(ast_pipeline, guard)(clip, rate)

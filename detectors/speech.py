@@ -8,8 +8,9 @@ its published structure, so no TorchScript or ONNX runtime is loaded.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -59,11 +60,19 @@ class SileroVAD(nn.Module):
 
 @cache
 def speech_model() -> SileroVAD:
-    """The VAD with the weights from the ``silero-vad`` wheel, loaded once per process."""
+    """The VAD with the weights from the ``silero-vad`` wheel, loaded once per process.
+
+    The file is found without importing the package: ``import silero_vad`` calls
+    ``torch.set_num_threads(1)``, which would quietly make every later torch op in the
+    process (training, a server's inference pool) single-threaded.
+    """
+    spec = importlib.util.find_spec("silero_vad")
     try:
-        weights = resources.files("silero_vad.data") / "silero_vad_16k.safetensors"
-        state = load_file(str(weights))
-    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("the silero_vad package is not installed")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        state = load_file(str(folder / "data" / "silero_vad_16k.safetensors"))
+    except (FileNotFoundError, OSError) as exc:
         raise DetectorError(
             f"the speech gate needs the silero-vad package (pip install silero-vad): {exc}"
         ) from exc

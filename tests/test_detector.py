@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -159,6 +160,19 @@ def test_silence_has_no_probability(detector):
 def test_music_and_effects_are_not_judged_as_voices(detector, name):
     result = detector.predict(*read_sample(name))
     assert result.synthetic_probability is None and result.speech_seconds < 0.5
+
+
+def test_loading_the_speech_gate_leaves_torch_threads_alone():
+    code = (
+        "import torch; torch.set_num_threads(2); speech_model.cache_clear(); speech_model(); "
+        "assert torch.get_num_threads() == 2, torch.get_num_threads()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from detectors.speech import speech_model; " + code],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_speech_gate_hears_speech_and_not_music():

@@ -19,3 +19,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     .venv/bin/python -m pip install --quiet --editable '.[dev]'
     echo "$wanted" > "$stamp"
 fi
+
+# The detector corpus's Debian packages (real speech, transcripts), unpacked once so that the
+# corpus test builds offline; a warm cache makes this a few stamp reads.
+.venv/bin/python -c 'from pathlib import Path
+from detectors.corpus.build import fetch_sources
+fetch_sources(Path(".cache/detector-sources"))'

@@ -33,6 +33,8 @@ from detectors.corpus.synth import VOICES, Voice
 from detectors.corpus.texts import STYLES, prompt_texts
 
 RATE = nz.RATE
+SOURCES = Path(__file__).resolve().parent.parent / ".cache" / "detector-sources"
+"""Where ``scripts/setup.sh`` unpacks the corpus's Debian packages, so tests never download."""
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "speech"
 needs_tts = pytest.mark.skipif(
     not (shutil.which("espeak-ng") and shutil.which("flite")),
@@ -336,7 +338,9 @@ def test_espeak_voices_are_split_once_and_gendered():
 @pytest.mark.slow
 def test_small_corpus_from_debian_has_no_shortcut(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
-    manifest = build_corpus(out, seed=0, clips_per_source=25, workers=2)
+    stamps = [SOURCES / s.package / ".done" for s in REAL_SOURCES]
+    assert all(s.exists() for s in stamps), "run scripts/setup.sh: it fetches the sources"
+    manifest = build_corpus(out, seed=0, clips_per_source=25, workers=2, cache_dir=SOURCES)
     rows = load_manifest(out)
     assert manifest == out / "manifest.jsonl" and len(rows) > 500
     labels = Counter(r["label"] for r in rows)

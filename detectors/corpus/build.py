@@ -93,6 +93,14 @@ def _summary(rows: list[dict[str, object]]) -> dict[str, dict[str, int]]:
     }
 
 
+def fetch_sources(cache_dir: Path) -> dict[str, str]:
+    """Download and unpack every package the corpus reads (once; later calls are offline).
+
+    ``scripts/setup.sh`` calls this, so that building a corpus in a test needs no network.
+    """
+    return {**fetch_real(cache_dir, TEXT_PATTERNS), **fetch_texts(cache_dir)}
+
+
 def make_recipe(
     version: int, seed: int, per_source: int, versions: dict[str, str]
 ) -> dict[str, object]:
@@ -161,7 +169,7 @@ def build_corpus(
     began = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     cache = Path(cache_dir).resolve() if cache_dir else out_dir / ".sources"
-    versions = {**fetch_real(cache, TEXT_PATTERNS), **fetch_texts(cache)}
+    versions = fetch_sources(cache)
     per_source = clips_per_source or DEFAULT_CLIPS_PER_SOURCE
     recipe = make_recipe(RECIPE_VERSION, seed, per_source, versions)
     if finished(out_dir, recipe):

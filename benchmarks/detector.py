@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import sys
@@ -217,7 +218,8 @@ def main() -> None:
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}  ",
-        f"Model: `{detector.model_id}`; corpus `{args.corpus}` "
+        f"Model: `{detector.model_id}`; corpus `{args.corpus}` (recipe "
+        f"{json.loads((args.corpus / 'corpus.json').read_text())['recipe']['version']}) "
         f"({', '.join(f'{s} {len(c)}' for s, c in clips.items())} clips).",
         "",
         *table("held-out data", overall),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from guard import audio as audio_io
-from guard.progress import emit_error, progress
+from guard.progress import each_audio_file, progress
 
 if TYPE_CHECKING:
     from detectors.evaluation import Scores
@@ -30,22 +30,15 @@ HEAD_HELP = "Detector head (JSON); default: the shipped compact AST head."
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input, one per line.")
 def detect(paths: tuple[str, ...], head: str | None, backbone: str | None, as_json: bool) -> None:
     """Synthetic-voice probability per file and per window; exit 1 if any input failed."""
-    from detectors import DetectorError, load_detector
+    from detectors import DetectorError, DetectorResult, load_detector
 
     detector = load_detector(head, backbone)
-    failed = False
-    for path in progress(list(audio_io.iter_audio_paths(paths)), quiet=as_json):
-        try:
-            samples, info = audio_io.load(path)
-            result = detector.predict(samples, info.sample_rate)
-        except (audio_io.AudioError, DetectorError) as exc:
-            failed = True
-            emit_error(path, exc, as_json)
-            continue
+
+    def emit(path: Path, result: DetectorResult) -> None:
         if as_json:
             click.echo(json.dumps({"path": str(path), **result.to_dict()}))
         elif result.synthetic_probability is None:
-            click.echo(f"{path}: nothing audible to judge")
+            click.echo(f"{path}: no speech to judge")
         else:
             worst = max(result.segments, key=lambda s: s.synthetic_probability)
             click.echo(
@@ -53,8 +46,8 @@ def detect(paths: tuple[str, ...], head: str | None, backbone: str | None, as_js
                 f"(most synthetic {worst.start:.1f}-{worst.end:.1f} s: "
                 f"{worst.synthetic_probability:.2f})"
             )
-    if failed:
-        sys.exit(1)
+
+    each_audio_file(paths, as_json, detector.predict, emit, (DetectorError,))
 
 
 @click.group()

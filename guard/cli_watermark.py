@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import click
 
 from guard import audio as audio_io
-from guard.progress import emit_error, progress
+from guard.progress import each_audio_file
 from watermark.keyed import EMBED_CHUNK_SECONDS, KeyedBackend
 from watermark.keys import read_key, write_key
 from watermark.registry import BACKENDS, create_backend
@@ -149,18 +148,13 @@ def detect(
 ) -> None:
     """Look for a watermark in each file (folders are walked); exit 1 if any input failed."""
     mark = _backend(backend, key_file, weights)
-    failed = False
-    for path in progress(list(audio_io.iter_audio_paths(paths)), quiet=as_json):
-        try:
-            samples, info = audio_io.load(path)
-            found = mark.detect(samples, info.sample_rate)
-        except (audio_io.AudioError, WatermarkError) as exc:
-            failed = True
-            emit_error(path, exc, as_json)
-            continue
-        _emit_detection(path, found, as_json)
-    if failed:
-        sys.exit(1)
+    each_audio_file(
+        paths,
+        as_json,
+        mark.detect,
+        lambda p, found: _emit_detection(p, found, as_json),
+        (WatermarkError,),
+    )
 
 
 def _emit_detection(path: Path, found: Detection, as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""What multi-file commands show while they work: progress bars and per-file errors.
+"""How multi-file commands walk their inputs: progress bars, per-file errors, the exit status.
 
 Under ``--json``, in CI, or when stderr is a pipe, a bar would corrupt logs or machine output;
 a file that fails is a ``{"path", "error"}`` line under ``--json`` and a sentence otherwise.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import click
+import torch
 from tqdm import tqdm
+
+from guard import audio as audio_io
 
 T = TypeVar("T")
 
@@ -31,3 +34,26 @@ def emit_error(path: Path, exc: Exception, as_json: bool) -> None:
         click.echo(json.dumps({"path": str(path), "error": str(exc)}))
     else:
         click.echo(f"error: {exc}", err=True)
+
+
+def each_audio_file(
+    paths: Iterable[str],
+    as_json: bool,
+    analyse: Callable[[torch.Tensor, int], T],
+    emit: Callable[[Path, T], None],
+    errors: tuple[type[Exception], ...],
+) -> None:
+    """Decode every file under ``paths``, analyse and emit it; a file that fails ``errors``
+    becomes an error line, the others still run, and the command exits 1 at the end."""
+    failed = False
+    for path in progress(list(audio_io.iter_audio_paths(paths)), quiet=as_json):
+        try:
+            samples, info = audio_io.load(path)
+            answer = analyse(samples, info.sample_rate)
+        except (audio_io.AudioError, *errors) as exc:
+            failed = True
+            emit_error(path, exc, as_json)
+            continue
+        emit(path, answer)
+    if failed:
+        sys.exit(1)

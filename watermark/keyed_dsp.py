@@ -15,6 +15,9 @@ Why it is robust and honest:
   normal whatever the audio is, which is what lets ``p_value`` be stated, not guessed.
 * Speed and tempo changes stretch the grid; the detector folds the features onto one period
   under each of a grid of stretch hypotheses, and pays for the search in the p-value.
+* Noise added later fills the quiet frames and bins first; the detector weights each frame
+  by how far it stands above the chunk's noise floor, and the payload decoder weights each
+  stretch by how clearly the sync shows there, so what survives is not averaged away.
 * How much each cell changes follows the host: energy is spent where the host has little
   (quiet bins change by more dB, loud ones by less), each frame's mark is held to a fixed
   ratio below that frame's energy, and frames near silence are left untouched, so no hiss
@@ -49,13 +52,14 @@ class KeyedParams:
     bins_per_cell: int = 2
     frames_per_cell: int = 2
     cells_per_period: int = 64
-    band_snr_db: float = 28.8  # mark energy per frame below the frame's energy in the 4 kHz band
-    gamma: float = 0.5  # how strongly quiet bins are favoured (0: equal dB everywhere)
-    max_gain: float = 0.6  # largest log-gain of a cell (nats; 0.6 ≈ 5 dB on the quietest bins)
+    band_snr_db: float = 31.0  # mark energy per frame below the frame's energy in the 4 kHz band
+    gamma: float = 0.85  # how strongly quiet bins are favoured (0: equal dB everywhere)
+    max_gain: float = 0.8  # largest log-gain of a cell (nats; 0.8 ≈ 7 dB on the quietest bins)
     gate_db: float = 45.0  # frames this far below the loudest frame are left unmarked
     silence_dbfs: float = -70.0  # frames below this absolute level are left unmarked
-    envelope_bins: int = 4  # half-width of the moving average that removes the envelope
+    envelope_bins: int = 7  # half-width of the moving average that removes the envelope
     time_whitening: float = 0.75  # share of the neighbouring cells' features subtracted
+    floor_quantile: float = 0.05  # the detector takes this quantile of frame energy as noise
     oversample: int = 2  # the detector's hop is hop / oversample
     max_stretch: float = 0.06  # tempo search range (±)
     max_speed: float = 0.04  # speed (resampling) search range (±)
@@ -229,7 +233,7 @@ def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
     ) / (2 * reach + 1)
     in_band = power[band]
     weight = (in_band / (in_band.mean(0, keepdim=True) + 1e-20)).pow(-params.gamma)
-    weight = weight.clamp(max=math.exp(params.max_gain) * 4.0)
+    weight = weight.clamp(max=math.exp(params.max_gain) * 4.0) * _frame_weight(in_band, params)
     features = torch.zeros_like(log_power)
     whitened = (log_power[band] - envelope) * weight
     # The host's fine structure lingers for longer than a cell; the key's signs do not, so
@@ -240,6 +244,24 @@ def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
     neighbours[:, :-lag] += 0.5 * whitened[:, lag:]
     features[band] = whitened - params.time_whitening * neighbours
     return features
+
+
+def _frame_weight(in_band: torch.Tensor, params: KeyedParams) -> torch.Tensor:
+    """Share of each frame's band energy above the chunk's noise floor.
+
+    Noise added after marking (a noisy channel, a track mixed under) fills the quiet frames
+    of sparse audio and wipes their mark out, yet their features are as large as anyone's;
+    weighting frames by how far they stand above the floor keeps them from drowning the
+    frames that still carry the mark. In clean audio the floor is near zero and every frame
+    keeps its weight. It depends on the audio only, so the null distribution is untouched.
+    """
+    per_cell = params.frames_per_cell * params.oversample
+    energy = in_band.sum(0)[None, None]
+    smooth = torch.nn.functional.avg_pool1d(
+        energy, per_cell, 1, padding=per_cell // 2, count_include_pad=False
+    )[0, 0, : in_band.shape[1]]
+    floor = torch.quantile(smooth, params.floor_quantile)
+    return ((smooth - floor) / smooth.clamp(min=1e-20)).clamp(min=0.0)
 
 
 @dataclass(frozen=True)
@@ -367,9 +389,9 @@ def align(
     return alignment, per_hyp
 
 
-def soft_bits(alignment: Alignment, pattern: KeyPattern) -> np.ndarray:
+def soft_bits(cells: torch.Tensor, pattern: KeyPattern) -> np.ndarray:
     """Per coded bit, the keyed sum of its cells: positive means the bit is more likely 1."""
-    contrib = (alignment.cells * pattern.signs)[~pattern.sync]
+    contrib = (cells * pattern.signs)[~pattern.sync]
     index = pattern.bit_index[~pattern.sync]
     soft = torch.zeros(coding.CODED_BITS).index_add_(0, index, contrib)
     return soft.double().numpy()
@@ -401,3 +423,28 @@ def local_scores(
     smooth_den = torch.nn.functional.conv1d(den[None, None], kernel, padding=pad)[0, 0]
     scale = math.sqrt(params.frames_per_cell * params.oversample)
     return (smooth_num / smooth_den.clamp(min=1e-12).sqrt() / scale)[: rows.shape[1]]
+
+
+def reliable_cells(
+    cumulative: torch.Tensor,
+    alignment: Alignment,
+    sync_signs: torch.Tensor,
+    params: KeyedParams,
+    window_frames: int,
+) -> torch.Tensor:
+    """Cell sums for decoding the payload, each frame weighted by how clearly the sync shows.
+
+    After noise or a mix, the mark survives in some stretches and not in others. Weighting
+    each frame by the local sync correlation around it (maximal-ratio combining) keeps the
+    payload's soft bits from being averaged with stretches that carry nothing. The weights
+    use the key, which is fine here: the p-value comes from the sync alone, and a wrongly
+    decoded payload is caught by its CRC.
+    """
+    rows = map_rows(cumulative, alignment.hypothesis.freq, params)
+    weight = local_scores(cumulative, alignment, sync_signs, params, window_frames).clamp(min=0)
+    frames = torch.arange(rows.shape[1], dtype=torch.float64)
+    slot = torch.floor(frames * alignment.hypothesis.time).long() - alignment.offset
+    folded = torch.zeros(rows.shape[0], params.slots)
+    folded.index_add_(1, slot % params.slots, rows * weight)
+    per_cell = params.frames_per_cell * params.oversample
+    return folded.reshape(rows.shape[0], params.cells_per_period, per_cell).sum(-1)

@@ -356,9 +356,14 @@ def section(
     command: str,
 ) -> str:
     source = "the bundled samples" if args.quick else "the corpus from `benchmarks/corpus.py`"
+    if args.skip:
+        source += (
+            f", clips {args.skip}–{args.skip + args.clips - 1} of each kind, which no tuning saw"
+        )
     weights = f" with weights `{args.audioseal_weights}`" if name == "audioseal" else ""
     body = [
-        f"## Watermark robustness: `{name}`" + (" (quick)" if args.quick else ""),
+        f"## Watermark robustness: `{name}`"
+        + (" (quick)" if args.quick else " (held-out clips)" if args.skip else ""),
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}  ",
@@ -389,10 +394,16 @@ def sample_clips() -> list[Clip]:
     ]
 
 
-def corpus_clips(per_kind: int, cache: Path) -> list[Clip]:
-    """The first ``per_kind`` clips of each kind (the default build has 40 of each)."""
-    clips = build_clips(cache, max(per_kind, 40))
-    return [c for kind in KINDS for c in [c for c in clips if c.kind == kind][:per_kind]]
+def corpus_clips(per_kind: int, cache: Path, skip: int = 0) -> list[Clip]:
+    """Clips ``skip .. skip + per_kind`` of each kind (the default build has 40 of each).
+
+    A build is a prefix of any larger build, so ``--skip 40`` measures clips that tuning on
+    the default 40 never saw.
+    """
+    clips = build_clips(cache, max(skip + per_kind, 40))
+    return [
+        c for kind in KINDS for c in [c for c in clips if c.kind == kind][skip : skip + per_kind]
+    ]
 
 
 def run_backend(
@@ -432,6 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default="keyed,audioseal,perth")
     parser.add_argument("--quick", action="store_true", help="the bundled samples only")
     parser.add_argument("--clips", type=int, default=40, help="corpus clips per kind")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="leave out the first N clips of each kind"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--corpus-dir", type=Path, default=REPO / ".cache" / "corpus")
     parser.add_argument(
@@ -443,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--speed-runs", type=int, default=5, help="0 skips the speed test")
     args = parser.parse_args(argv)
-    clips = sample_clips() if args.quick else corpus_clips(args.clips, args.corpus_dir)
+    clips = sample_clips() if args.quick else corpus_clips(args.clips, args.corpus_dir, args.skip)
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "benchmarks.watermark_robustness", *given])
     key = os.urandom(32)
@@ -459,7 +473,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results, speeds = measured
         text = section(name, args, results, speeds, command)
-        write_section(args.out, f"{name}-quick" if args.quick else name, text)
+        label = f"{name}-quick" if args.quick else f"{name}-from-{args.skip}" if args.skip else name
+        write_section(args.out, label, text)
         print(text)
     if crashed:
         sys.exit(f"backends that crashed: {', '.join(crashed)}")

@@ -81,36 +81,52 @@ def encode(payload_hex: str) -> np.ndarray:
     return out.reshape(-1)
 
 
-def decode(soft: np.ndarray) -> str | None:
-    """Soft-decision Viterbi; ``soft[i] > 0`` means coded bit i is more likely 1.
+LIST_SIZE = 8  # paths the decoder offers to the CRC, best first
 
-    Returns the payload hex, or None when the CRC does not match (a wrong payload is worse
-    than none).
+
+def _predecessors() -> tuple[np.ndarray, np.ndarray]:
+    """For every state, the two (state, input) pairs that lead into it."""
+    pairs: list[list[tuple[int, int]]] = [[] for _ in range(_STATES)]
+    for state in range(_STATES):
+        for bit in range(2):
+            pairs[_NEXT[state, bit]].append((state, bit))
+    table = np.array(pairs)  # (states, 2, 2)
+    return table[..., 0], table[..., 1]
+
+
+_PRED_STATE, _PRED_BIT = _predecessors()
+
+
+def decode(soft: np.ndarray, list_size: int = LIST_SIZE) -> str | None:
+    """List Viterbi with soft decisions; ``soft[i] > 0`` means coded bit i is more likely 1.
+
+    The decoder keeps the ``list_size`` best paths into every state and hands the survivors
+    to the CRC best first, which reads payloads that plain Viterbi (``list_size=1``) loses to
+    one wrong turn. The price: a mark whose payload cannot be read returns a wrong payload
+    with probability at most ``list_size / 2**16`` instead of ``2**-16``. Returns the payload
+    hex, or None when no path passes the CRC (a wrong payload is worse than none).
     """
     steps = soft.reshape(-1, len(GENERATORS))
-    signs = 2.0 * _OUTPUTS - 1.0  # (states, 2, n_out)
-    metric = np.full(_STATES, -np.inf)
-    metric[0] = 0.0
-    back = np.empty((len(steps), _STATES), np.int64)
+    signs = (2.0 * _OUTPUTS - 1.0)[_PRED_STATE, _PRED_BIT]  # (states, 2 predecessors, n_out)
+    metric = np.full((_STATES, list_size), -np.inf)
+    metric[0, 0] = 0.0
+    back = np.empty((len(steps), _STATES, list_size), np.int64)
     for i, llr in enumerate(steps):
-        branch = metric[:, None] + signs @ llr  # (states, 2)
+        gain = signs @ llr
         if i >= INFO_BITS:
-            branch[:, 1] = -np.inf  # tail bits are zeros
-        candidate = np.full(_STATES, -np.inf)
-        origin = np.zeros(_STATES, np.int64)
-        flat_next = _NEXT.reshape(-1)
-        flat_branch = branch.reshape(-1)
-        order = np.argsort(flat_branch, kind="stable")
-        candidate[flat_next[order]] = flat_branch[order]
-        origin[flat_next[order]] = order
-        metric = candidate
-        back[i] = origin
-    state = 0
-    bits = np.empty(len(steps), np.uint8)
-    for i in range(len(steps) - 1, -1, -1):
-        pair = back[i, state]
-        state, bits[i] = divmod(int(pair), 2)
-    info = bits[:INFO_BITS]
-    if not np.array_equal(crc16(info[:PAYLOAD_BITS]), info[PAYLOAD_BITS:]):
-        return None
-    return bits_to_payload(info)
+            gain = np.where(_PRED_BIT == 1, -np.inf, gain)  # tail bits are zeros
+        candidates = (metric[_PRED_STATE] + gain[..., None]).reshape(_STATES, -1)
+        order = np.argsort(-candidates, axis=1, kind="stable")[:, :list_size]
+        metric = np.take_along_axis(candidates, order, 1)
+        back[i] = order  # predecessor · list_size + its rank
+    for rank in np.flatnonzero(np.isfinite(metric[0])):
+        state, rank_there = 0, int(rank)
+        bits = np.empty(len(steps), np.uint8)
+        for i in range(len(steps) - 1, -1, -1):
+            which, rank_there = divmod(int(back[i, state, rank_there]), list_size)
+            bits[i] = _PRED_BIT[state, which]
+            state = int(_PRED_STATE[state, which])
+        info = bits[:INFO_BITS]
+        if np.array_equal(crc16(info[:PAYLOAD_BITS]), info[PAYLOAD_BITS:]):
+            return bits_to_payload(info)
+    return None

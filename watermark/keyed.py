@@ -30,13 +30,14 @@ LOCAL_WINDOW_SECONDS = 1.0
 LOCAL_THRESHOLD = 3.0
 MIN_SEGMENT_SECONDS = 0.5
 PAYLOAD_WINDOW_SECONDS = 1.0  # reach of the local sync estimate that weights payload frames
-REINFORCE_ROUNDS = 3
+REINFORCE_ROUNDS = 2
 REINFORCE_TARGET = 2.0  # margin, in noise units, that every coded bit should reach
 ROBUST_SCORE = 13.0  # verification score that leaves room for a 3 s crop or a mix
 STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audio
 STRESS_NOISE_DB = 20.0
 MAX_EXTRA_DB = 8.0  # the strongest a weak host is marked, above the base strength
 MAX_STEP_DB = 4.0
+MIN_STEP_DB = 2.0
 COARSE_STEPS = 3  # the coarse search tries every third stretch of the fine grid
 
 
@@ -90,17 +91,13 @@ class KeyedBackend:
     # -- embedding -------------------------------------------------------------------------
 
     def embed(self, audio: torch.Tensor, sample_rate: int, payload: str | None) -> EmbedResult:
-        """Mark and verify; a host whose mark reads back weakly is marked again, stronger.
+        """Mark and verify; if the mark does not read back, mark again 4 and then 8 dB stronger.
 
-        Most audio carries a mark with room for edits at about 30 dB SNR. Sparse, tonal or
-        noise-like audio does not: its mark hides in frames and bins that a little noise
-        fills. So the marked audio is checked twice, clean (``ROBUST_SCORE``) and under white
-        noise 20 dB down (``STRESS_SCORE``), and a host short of either is marked again as much
-        stronger as the shortfall says (scores grow about in proportion to the mark's
-        amplitude), up to ``MAX_EXTRA_DB``. The SNR actually spent is reported. If even the
-        strongest allowed mark does not read back, embed fails loudly.
+        How strong each stretch is marked is chosen while embedding (see
+        :meth:`_robust_plan`); this outer retry only catches marks that fail verification
+        outright. The SNR actually spent is reported; if even the strongest allowed mark does
+        not read back, embed fails loudly.
         """
-        best: tuple[torch.Tensor, float, Detection] | None = None
         extra_db = 0.0
         while True:
             tally: list[float] = []
@@ -108,47 +105,18 @@ class KeyedBackend:
             marked = torch.cat(list(stream), dim=1)
             try:
                 check = self.verify(marked, sample_rate, payload, sum(tally))
+                break
             except WatermarkError:
-                if best is not None:
-                    break
                 if sum(tally) == 0.0 or extra_db >= MAX_EXTRA_DB:
                     raise
                 extra_db = min(MAX_EXTRA_DB, extra_db + MAX_STEP_DB)
-                continue
-            best = (marked, sum(tally), check)
-            shortfall = max(
-                ROBUST_SCORE / max(check.score, 1e-6),
-                STRESS_SCORE / max(self._stress_score(marked, sample_rate), 1e-6),
-            )
-            if shortfall <= 1.0 or extra_db >= MAX_EXTRA_DB:
-                break
-            step = min(MAX_STEP_DB, max(1.0, 20.0 * math.log10(shortfall)))
-            extra_db = min(MAX_EXTRA_DB, extra_db + step)
-        marked, marked_seconds, verification = best
         return EmbedResult(
             audio=marked,
             sample_rate=sample_rate,
-            marked_seconds=marked_seconds,
+            marked_seconds=sum(tally),
             snr_db=measure_snr(audio, marked),
-            verification=verification,
+            verification=check,
         )
-
-    def _stress_score(self, marked: torch.Tensor, sample_rate: int) -> float:
-        """Score on the untouched grid after white noise ``STRESS_NOISE_DB`` below the audio.
-
-        The noise is fixed (seed 0), so embedding stays deterministic.
-        """
-        mono = marked.mean(0).double()
-        noise = torch.randn(
-            mono.shape, generator=torch.Generator().manual_seed(0), dtype=mono.dtype
-        )
-        noise *= (
-            mono.square().mean() / 10 ** (STRESS_NOISE_DB / 10) / noise.square().mean()
-        ).sqrt()
-        low = _resample((mono + noise).float(), sample_rate, self.params.rate)
-        features = dsp.cumulative_bins(dsp.detector_features(low, self.params))
-        quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
-        return quick.z
 
     def verify(
         self, marked: torch.Tensor, sample_rate: int, payload: str | None, marked_seconds: float
@@ -242,8 +210,11 @@ class KeyedBackend:
         frames_per_second = rate / self.params.hop
         host = buffer[:, lo - origin : hi - origin]
         first_frame = round(lo / sample_rate * frames_per_second)
+        # White noise STRESS_NOISE_DB below the host, as much of it as lands below 4 kHz.
+        noise_power = float(host.mean(0).double().square().mean()) * min(1.0, rate / sample_rate)
+        noise_power *= 10 ** (-STRESS_NOISE_DB / 10)
         part, active = self._reinforced_delta(
-            _resample(host, sample_rate, rate), codeword, first_frame, params
+            _resample(host, sample_rate, rate), codeword, first_frame, params, noise_power
         )
         part = _fit(_resample(part, rate, sample_rate), hi - lo)
         frame_times = (torch.arange(active.shape[0]) + first_frame) / frames_per_second
@@ -257,6 +228,7 @@ class KeyedBackend:
         codeword: np.ndarray,
         first_frame: int,
         params: dsp.KeyedParams,
+        noise_power: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed, read the payload back as the detector would, and even out the bits.
 
@@ -271,24 +243,97 @@ class KeyedBackend:
         index = self._pattern.bit_index[data]
         expected = torch.from_numpy(2.0 * codeword - 1.0).float()
         boost = torch.ones(coding.CODED_BITS)
-        plan = dsp.plan_mark(low_rate, first_frame, params)
-        for round_ in range(REINFORCE_ROUNDS + 1):
-            signs = base.clone()
-            signs[data] = base[data] * boost[index]
-            part = dsp.render_mark(plan, signs, self.params)
-            if round_ == REINFORCE_ROUNDS:
-                break
-            margins = self._bit_margins(low_rate + part, expected)
+        plan, part, alignment = self._robust_plan(low_rate, base, first_frame, params, noise_power)
+        for _ in range(REINFORCE_ROUNDS):
+            if alignment is None:
+                alignment = self._quick_alignment((low_rate + part).mean(0))
+            margins = self._bit_margins(alignment, expected)
             if bool((margins >= REINFORCE_TARGET).all()):
                 break
             boost = boost * (REINFORCE_TARGET / margins.clamp(min=0.25)).clamp(0.7, 1.5)
             boost = boost / boost[index].square().mean().sqrt()
+            signs = base.clone()
+            signs[data] = base[data] * boost[index]
+            part, alignment = dsp.render_mark(plan, signs, self.params), None
         return part, plan.active
 
-    def _bit_margins(self, marked: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    def _robust_plan(
+        self,
+        low_rate: torch.Tensor,
+        signs: torch.Tensor,
+        first_frame: int,
+        params: dsp.KeyedParams,
+        noise_power: float,
+    ) -> tuple[dsp.MarkPlan, torch.Tensor, dsp.Alignment | None]:
+        """The weakest mark that keeps its margins in every window the detector will judge.
+
+        Most audio carries a mark with room for edits at the base strength. Sparse, tonal or
+        noise-like audio does not: its mark hides in frames and bins that a little noise
+        fills. So each plan is scored on the untouched grid, under fixed white noise
+        (``STRESS_SCORE``) and clean (``ROBUST_SCORE``, which leaves room for a 3 s crop), in
+        each of the detector's 8 s windows that carries a mark; a host short of either is
+        planned again as much stronger as the shortfall says (scores grow about in proportion
+        to the mark's amplitude), up to ``MAX_EXTRA_DB``, and no further once more strength
+        stops helping.
+
+        Returns the plan, the mark it renders with ``signs``, and that mark's alignment over
+        the whole stretch when one window covered it (so the caller need not measure again).
+        """
+        mono = low_rate.mean(0)
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(mono.shape, generator=generator) * math.sqrt(noise_power)
+        extra_db, previous = 0.0, None
+        plan = dsp.plan_mark(low_rate, first_frame, params)
+        while True:
+            if extra_db:
+                plan = dsp.restrength(plan, params.band_snr_db - extra_db, self.params)
+            part = dsp.render_mark(plan, signs, self.params)
+            stressed = min(self._scores(mono + part.mean(0) + noise, plan.active)[0])
+            if previous is not None and stressed < 1.05 * previous[-1]:
+                return previous[0], previous[1], None  # more strength no longer helps
+            shortfall = STRESS_SCORE / max(stressed, 1e-6)
+            if shortfall <= 1.0 or extra_db >= MAX_EXTRA_DB:
+                # The clean score is higher than the stressed one; it rarely asks for more.
+                clean, whole = self._scores(mono + part.mean(0), plan.active)
+                shortfall = ROBUST_SCORE / max(min(clean), 1e-6)
+                if shortfall <= 1.0 or extra_db >= MAX_EXTRA_DB:
+                    return plan, part, whole
+            previous = (plan, part, stressed)
+            step = min(MAX_STEP_DB, max(MIN_STEP_DB, 20.0 * math.log10(shortfall) + 1.0))
+            extra_db = min(MAX_EXTRA_DB, extra_db + step)
+
+    def _scores(
+        self, mono: torch.Tensor, active: torch.Tensor
+    ) -> tuple[list[float], dsp.Alignment | None]:
+        """Untouched-grid scores of the windows the detector will judge that carry a second
+        of mark (``inf`` if none does), and the alignment of the whole when one window spans
+        it. Features are computed once and sliced."""
+        rate, hop = self.params.rate, self.params.hop
+        # Running sums over bins are per frame, so slicing them slices the window's own.
+        cumulative = dsp.cumulative_bins(dsp.detector_features(mono, self.params))
+        per_sample = cumulative.shape[1] / mono.shape[0]
+        spans = _detector_windows(mono.shape[0], rate)
+        windows = [
+            dsp.align(
+                cumulative[:, round(start * per_sample) : round(end * per_sample)],
+                self._spectra,
+                self.params,
+                self._search[:1],
+            )[0]
+            for start, end in spans
+            if end - start >= self.params.period_seconds * rate
+            and active[start // hop : end // hop].sum() >= rate / hop
+        ]
+        whole = windows[0] if len(spans) == 1 and windows else None
+        return [a.z for a in windows] or [math.inf], whole
+
+    def _quick_alignment(self, mono: torch.Tensor) -> dsp.Alignment:
+        """The best alignment on the untouched grid (no stretch search)."""
+        features = dsp.cumulative_bins(dsp.detector_features(mono, self.params))
+        return dsp.align(features, self._spectra, self.params, self._search[:1])[0]
+
+    def _bit_margins(self, alignment: dsp.Alignment, expected: torch.Tensor) -> torch.Tensor:
         """Each coded bit's correct-sign sum over its cells, in units of its own noise."""
-        features = dsp.cumulative_bins(dsp.detector_features(marked.mean(0), self.params))
-        alignment, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
         soft = torch.from_numpy(dsp.soft_bits(alignment.cells, self._pattern)).float()
         data = ~self._pattern.sync
         energy = torch.zeros(coding.CODED_BITS).index_add_(
@@ -302,20 +347,17 @@ class KeyedBackend:
         self._check_rate(sample_rate)
         rate = self.params.rate
         mono = _resample(audio.mean(0), sample_rate, rate)
-        chunk = int(DETECT_CHUNK_SECONDS * rate)
-        # Back-to-back chunks; a short tail joins the chunk before it.
-        starts = list(range(0, max(1, mono.shape[0] - chunk // 2), chunk))
-        ends = starts[1:] + [mono.shape[0]]
-        found = [self._detect_chunk(mono[s:e], s) for s, e in zip(starts, ends, strict=True)]
+        spans = _detector_windows(mono.shape[0], rate)
+        found = [self._detect_chunk(mono[s:e], s) for s, e in spans]
         found = [f for f in found if f is not None]
         if not found:
             return Detection(self.name, False, 1.0)
-        p_value = min(1.0, len(starts) * min(f[0] for f in found))
+        p_value = min(1.0, len(spans) * min(f[0] for f in found))
         detected = p_value < self.threshold
         best = max(found, key=lambda f: f[1].z)
         payload = segments = None
         if detected:
-            hits = [f for f in found if len(starts) * f[0] < self.threshold]
+            hits = [f for f in found if len(spans) * f[0] < self.threshold]
             soft = sum(self._payload_soft_bits(f[2], f[1]) for f in hits)
             payload = coding.decode(soft)
             segments = self._segments(hits, payload, mono.shape[0])
@@ -396,6 +438,13 @@ class KeyedBackend:
             marked[first : first + len(hit)] |= hit[: len(marked) - first]
         duration = total / self.params.rate
         return [Segment(s.start, min(s.end, duration)) for s in _runs(marked, frame_seconds)]
+
+
+def _detector_windows(length: int, rate: int) -> list[tuple[int, int]]:
+    """Back-to-back ``DETECT_CHUNK_SECONDS`` windows; a short tail joins the one before it."""
+    chunk = int(DETECT_CHUNK_SECONDS * rate)
+    starts = list(range(0, max(1, length - chunk // 2), chunk))
+    return list(zip(starts, starts[1:] + [length], strict=True))
 
 
 def _on_coarse_grid(hyp: dsp.Hypothesis, params: dsp.KeyedParams) -> bool:

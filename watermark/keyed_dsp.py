@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def _waterfill(energy: torch.Tensor, weight: torch.Tensor, budget: torch.Tensor,
     """
     lo = torch.full_like(budget, -25.0)
     hi = torch.full_like(budget, 10.0)
-    for _ in range(32):
+    for _ in range(16):  # brackets log a to within 35 / 2**16
         mid = 0.5 * (lo + hi)
         gains = (mid.exp() * weight).clamp(max=cap)
         over = (gains.square() * energy).sum(0) > budget
@@ -159,14 +159,19 @@ def _row_energy(power: torch.Tensor, params: KeyedParams) -> torch.Tensor:
 class MarkPlan:
     """Everything about marking one stretch of audio that does not depend on the signs.
 
-    Informed embedding renders the same plan with several sign patterns, so the STFT and
-    the gain allocation are computed once.
+    Informed embedding renders the same plan with several sign patterns, and a weak mark is
+    planned again stronger (:func:`restrength`), so the STFT and the host's analysis are
+    computed once.
     """
 
     spec: torch.Tensor  # (channels, bins, frames)
     strength: torch.Tensor  # (rows, frames) log-gain magnitude, 0 where nothing is marked
     column: torch.Tensor  # (frames,) pattern column of each frame
     length: int
+    energy: torch.Tensor  # (rows, frames) host energy of each cell row
+    weight: torch.Tensor  # (rows, frames) how strongly each row is favoured
+    frame_energy: torch.Tensor  # (frames,)
+    markable: torch.Tensor  # (frames,) bool: loud enough to carry a mark
 
     @property
     def active(self) -> torch.Tensor:
@@ -187,16 +192,24 @@ def plan_mark(x: torch.Tensor, first_frame: int, params: KeyedParams) -> MarkPla
     power = spec.abs().square().mean(0)
     energy = _row_energy(power, params) + 1e-20
     full = power.sum(0)
-    budget = full * 10.0 ** (-params.band_snr_db / 10.0)
     weight = (energy / energy.mean(0, keepdim=True)).pow(-params.gamma)
-    gains = _waterfill(energy, weight, budget, params.max_gain)
     loud = full.max() * 10.0 ** (-params.gate_db / 10.0)
     # One-sided Parseval: a frame of RMS r has energy (n_fft / 2) · Σ window² · r².
     floor = params.n_fft / 2 * _window(params).square().sum() * 10.0 ** (params.silence_dbfs / 10)
-    active = (full > loud) & (full > floor)
     frames = torch.arange(power.shape[1]) + first_frame
     column = (frames // params.frames_per_cell) % params.cells_per_period
-    return MarkPlan(spec, gains * active, column, x.shape[-1])
+    empty = torch.zeros_like(energy)
+    plan = MarkPlan(
+        spec, empty, column, x.shape[-1], energy, weight, full, (full > loud) & (full > floor)
+    )
+    return restrength(plan, params.band_snr_db, params)
+
+
+def restrength(plan: MarkPlan, band_snr_db: float, params: KeyedParams) -> MarkPlan:
+    """The same plan with each frame's mark ``band_snr_db`` below the frame."""
+    budget = plan.frame_energy * 10.0 ** (-band_snr_db / 10.0)
+    gains = _waterfill(plan.energy, plan.weight, budget, params.max_gain)
+    return replace(plan, strength=gains * plan.markable)
 
 
 def render_mark(plan: MarkPlan, signs: torch.Tensor, params: KeyedParams) -> torch.Tensor:
@@ -221,7 +234,8 @@ def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
     Quiet bins get more weight because the embedder gave them larger gains; the weight only
     depends on the audio, never on the key, so the null distribution is untouched.
     """
-    power = stft(x[None], params, params.hop // params.oversample)[0].abs().square()
+    spec = stft(x[None], params, params.hop // params.oversample)[0]
+    power = spec.real.square() + spec.imag.square()
     log_power = torch.log(power + 1e-4 * power.mean() + 1e-20)
     band = slice(params.lo_bin, params.hi_bin)
     # Envelope: mean log-power of the bins within ±envelope_bins (all inside the spectrum).

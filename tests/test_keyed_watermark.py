@@ -7,13 +7,14 @@ import functools
 import numpy as np
 import pytest
 import torch
+import torchaudio
 from conftest import read_sample
 
 from guard import edits
 from watermark import coding
 from watermark.keyed import MAX_EXTRA_DB, KeyedBackend
 from watermark.keyed_dsp import KeyedParams
-from watermark.types import WatermarkError
+from watermark.types import WatermarkError, snr_db
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -100,6 +101,24 @@ def test_mark_survives_white_noise_at_20_db(backend, clip):
         noisy, noisy_rate = edits.white_noise(result.audio, rate, 20.0, seed)
         found = backend.detect(noisy, noisy_rate)
         assert found.detected, (seed, found)
+
+
+def test_only_the_stretch_that_needs_it_is_marked_stronger(backend):
+    """8 s of fragile music then 8 s of speech: the music's window is marked stronger, the
+    speech keeps the strength it gets on its own (before, the whole chunk paid)."""
+
+    def at_16k(clip: str) -> torch.Tensor:
+        audio, rate = read_sample(clip)
+        mono = torchaudio.functional.resample(audio.mean(0, keepdim=True), rate, 16000)
+        return mono.repeat(1, 128000 // mono.shape[1] + 1)[:, :128000]
+
+    music, speech = at_16k("music/drascula_track6.flac"), at_16k(SPEECH)
+    alone = backend.embed(speech, 16000, "deadbeef").audio
+    both = backend.embed(torch.cat([music, speech], 1), 16000, "deadbeef").audio
+    tail = slice(32000, None)  # clear of the excerpts that straddle the join
+    speech_alone = snr_db(speech[:, tail], alone[:, tail])
+    assert snr_db(speech[:, tail], both[:, 128000:][:, tail]) > speech_alone - 0.5
+    assert snr_db(music, both[:, :128000]) < speech_alone - 3.0
 
 
 def test_mix_keeps_the_payload(backend):

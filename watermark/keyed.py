@@ -30,7 +30,7 @@ LOCAL_WINDOW_SECONDS = 1.0
 LOCAL_THRESHOLD = 3.0
 MIN_SEGMENT_SECONDS = 0.5
 PAYLOAD_WINDOW_SECONDS = 1.0  # reach of the local sync estimate that weights payload frames
-REINFORCE_ROUNDS = 2
+REINFORCE_ROUNDS = 1
 REINFORCE_TARGET = 2.0  # margin, in noise units, that every coded bit should reach
 ROBUST_SCORE = 13.0  # verification score that leaves room for a 3 s crop or a mix
 STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audio
@@ -38,6 +38,10 @@ STRESS_NOISE_DB = 20.0
 MAX_EXTRA_DB = 8.0  # the strongest a weak host is marked, above the base strength
 MAX_STEP_DB = 4.0
 MIN_STEP_DB = 2.0
+CROP_SECONDS = 3.0
+CROP_STEP_SECONDS = 1.5
+CROP_SCORE = 7.0  # score wanted in every 3 s excerpt that is mostly marked
+CROP_MARKED_SHARE = 0.75
 COARSE_STEPS = 3  # the coarse search tries every third stretch of the fine grid
 
 
@@ -265,16 +269,17 @@ class KeyedBackend:
         params: dsp.KeyedParams,
         noise_power: float,
     ) -> tuple[dsp.MarkPlan, torch.Tensor, dsp.Alignment | None]:
-        """The weakest mark that keeps its margins in every window the detector will judge.
+        """The weakest mark that keeps its margins wherever the detector may have to find it.
 
         Most audio carries a mark with room for edits at the base strength. Sparse, tonal or
-        noise-like audio does not: its mark hides in frames and bins that a little noise
-        fills. So each plan is scored on the untouched grid, under fixed white noise
-        (``STRESS_SCORE``) and clean (``ROBUST_SCORE``, which leaves room for a 3 s crop), in
-        each of the detector's 8 s windows that carries a mark; a host short of either is
-        planned again as much stronger as the shortfall says (scores grow about in proportion
-        to the mark's amplitude), up to ``MAX_EXTRA_DB``, and no further once more strength
-        stops helping.
+        noise-like stretches do not: their mark hides in frames and bins that a little noise
+        fills, or that a crop keeps alone. So each plan is scored on the untouched grid in
+        every 8 s window the detector will judge, under fixed white noise (``STRESS_SCORE``)
+        and clean (``ROBUST_SCORE``), and clean in every mostly marked 3 s excerpt
+        (``CROP_SCORE``). The frames of a stretch short of its score are planned again as
+        much stronger as the shortfall says (scores grow about in proportion to the mark's
+        amplitude), up to ``MAX_EXTRA_DB``; a stretch that more strength no longer helps is
+        left as it is. Only the stretches that need it pay for it in SNR.
 
         Returns the plan, the mark it renders with ``signs``, and that mark's alignment over
         the whole stretch when one window covered it (so the caller need not measure again).
@@ -282,50 +287,83 @@ class KeyedBackend:
         mono = low_rate.mean(0)
         generator = torch.Generator().manual_seed(0)
         noise = torch.randn(mono.shape, generator=generator) * math.sqrt(noise_power)
-        extra_db, previous = 0.0, None
         plan = dsp.plan_mark(low_rate, first_frame, params)
+        windows, crops = self._stretches(mono.shape[0], plan.active)
+        extra = torch.zeros_like(plan.frame_energy)
+        previous: dict[tuple[int, int], float] = {}
+        stress_passed = False
         while True:
-            if extra_db:
-                plan = dsp.restrength(plan, params.band_snr_db - extra_db, self.params)
             part = dsp.render_mark(plan, signs, self.params)
-            stressed = min(self._scores(mono + part.mean(0) + noise, plan.active)[0])
-            if previous is not None and stressed < 1.05 * previous[-1]:
-                return previous[0], previous[1], None  # more strength no longer helps
-            shortfall = STRESS_SCORE / max(stressed, 1e-6)
-            if shortfall <= 1.0 or extra_db >= MAX_EXTRA_DB:
-                # The clean score is higher than the stressed one; it rarely asks for more.
-                clean, whole = self._scores(mono + part.mean(0), plan.active)
-                shortfall = ROBUST_SCORE / max(min(clean), 1e-6)
-                if shortfall <= 1.0 or extra_db >= MAX_EXTRA_DB:
-                    return plan, part, whole
-            previous = (plan, part, stressed)
-            step = min(MAX_STEP_DB, max(MIN_STEP_DB, 20.0 * math.log10(shortfall) + 1.0))
-            extra_db = min(MAX_EXTRA_DB, extra_db + step)
+            margins: dict[tuple[int, int], float] = {}
+            whole = None
+            if not stress_passed:  # more strength only raises these scores
+                stressed, _ = self._stretch_scores(mono + part.mean(0) + noise, windows)
+                margins = {w: z / STRESS_SCORE for w, z in zip(windows, stressed, strict=True)}
+                stress_passed = all(m >= 1.0 for m in margins.values())
+            if stress_passed:  # clean scores are higher; they rarely ask for more
+                clean, whole = self._stretch_scores(mono + part.mean(0), windows + crops)
+                targets = [ROBUST_SCORE] * len(windows) + [CROP_SCORE] * len(crops)
+                for stretch, z, target in zip(windows + crops, clean, targets, strict=True):
+                    margins[stretch] = min(margins.get(stretch, math.inf), z / target)
+            demand = torch.zeros_like(extra)
+            for (start, end), margin in margins.items():
+                if margin >= 1.0 or margin < 1.05 * previous.get((start, end), 0.0):
+                    continue  # enough, or more strength no longer helps here
+                step = min(MAX_STEP_DB, max(MIN_STEP_DB, 1.0 - 20.0 * math.log10(margin)))
+                frames = slice(start // self.params.hop, end // self.params.hop + 1)
+                demand[frames] = demand[frames].clamp(min=step)
+            raised = (extra + demand).clamp(max=MAX_EXTRA_DB)
+            if bool((raised <= extra).all()):
+                return plan, part, whole
+            previous.update(margins)
+            extra = raised
+            plan = dsp.restrength(plan, params.band_snr_db - extra, self.params)
 
-    def _scores(
-        self, mono: torch.Tensor, active: torch.Tensor
-    ) -> tuple[list[float], dsp.Alignment | None]:
-        """Untouched-grid scores of the windows the detector will judge that carry a second
-        of mark (``inf`` if none does), and the alignment of the whole when one window spans
-        it. Features are computed once and sliced."""
+    def _stretches(
+        self, length: int, active: torch.Tensor
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The detector windows that carry a second of mark, and the 3 s excerpts on a 1.5 s
+        grid that are mostly marked (excerpts of silence cannot be helped; a clip about one
+        excerpt long is judged by its window)."""
         rate, hop = self.params.rate, self.params.hop
-        # Running sums over bins are per frame, so slicing them slices the window's own.
+
+        def share(start: int, end: int) -> torch.Tensor:
+            return active[start // hop : max(end // hop, start // hop + 1)].float()
+
+        windows = [
+            (start, end)
+            for start, end in _detector_windows(length, rate)
+            if end - start >= self.params.period_seconds * rate
+            and share(start, end).sum() >= rate / hop
+        ]
+        span, step = int(CROP_SECONDS * rate), int(CROP_STEP_SECONDS * rate)
+        starts = range(0, length - span + 1, step) if length >= span + step else range(0)
+        crops = [
+            (start, start + span)
+            for start in starts
+            if share(start, start + span).mean() >= CROP_MARKED_SHARE
+        ]
+        return windows, crops
+
+    def _stretch_scores(
+        self, mono: torch.Tensor, stretches: list[tuple[int, int]]
+    ) -> tuple[list[float], dsp.Alignment | None]:
+        """Untouched-grid score of each stretch, and the alignment of the first when it spans
+        all of ``mono``. Features are computed once and sliced: running sums over bins are
+        per frame, so slicing them slices the stretch's own."""
         cumulative = dsp.cumulative_bins(dsp.detector_features(mono, self.params))
         per_sample = cumulative.shape[1] / mono.shape[0]
-        spans = _detector_windows(mono.shape[0], rate)
-        windows = [
+        found = [
             dsp.align(
                 cumulative[:, round(start * per_sample) : round(end * per_sample)],
                 self._spectra,
                 self.params,
                 self._search[:1],
             )[0]
-            for start, end in spans
-            if end - start >= self.params.period_seconds * rate
-            and active[start // hop : end // hop].sum() >= rate / hop
+            for start, end in stretches
         ]
-        whole = windows[0] if len(spans) == 1 and windows else None
-        return [a.z for a in windows] or [math.inf], whole
+        whole = found[0] if found and stretches[0] == (0, mono.shape[0]) else None
+        return [a.z for a in found], whole
 
     def _quick_alignment(self, mono: torch.Tensor) -> dsp.Alignment:
         """The best alignment on the untouched grid (no stretch search)."""

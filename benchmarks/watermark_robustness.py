@@ -329,7 +329,8 @@ def edit_rows(results: list[ClipOutcome], has_payload: bool) -> list[str]:
         bits = [o.bit_accuracy for _, o in outcomes if o.bit_accuracy is not None]
         false_pos = sum(o.false_positive for _, o in outcomes)
         min_p = min((o.unmarked_p for _, o in outcomes), default=None)
-        payload_ok = not has_payload or edit.target < 0.99 or (exact or 0.0) >= edit.target
+        # No edited clip of 5 s or more (a 3 s crop): there is no payload target to miss.
+        payload_ok = not has_payload or edit.target < 0.99 or exact is None or exact >= edit.target
         passed = detected is not None and detected >= edit.target and false_pos == 0 and payload_ok
         lines.append(
             f"| {name} | {edit.target:.0%} | {_pct(detected)} | "

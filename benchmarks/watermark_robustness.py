@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -47,6 +48,7 @@ SPEED_SECONDS = 10.0
 SPEED_RATE = 16_000
 PESQ_RATE = 16_000
 SEED = 20240601
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,13 +246,11 @@ class Speed:
     note: str | None = None
 
 
-def _median_seconds(action: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+def _timed(action: Callable[[], T]) -> tuple[float, T]:
+    """Seconds one call took, and what it returned."""
+    began = time.perf_counter()
+    result = action()
+    return time.perf_counter() - began, result
 
 
 def speed(make: Callable[[], WatermarkBackend], name: str, clips: list[Clip], runs: int) -> Speed:
@@ -271,22 +271,18 @@ def speed(make: Callable[[], WatermarkBackend], name: str, clips: list[Clip], ru
     backends = [make() for _ in range(runs)]
     try:
         backends[0].embed(audio, SPEED_RATE, payload)  # warms up
-        embeds = [
-            _median_seconds(lambda b=b: b.embed(audio, SPEED_RATE, payload), 1) for b in backends
-        ]
+        embeds = [_timed(lambda b=b: b.embed(audio, SPEED_RATE, payload)) for b in backends]
     except WatermarkError as exc:
-        detect = SPEED_SECONDS / _median_seconds(
-            lambda: backends[0].detect(audio, SPEED_RATE), runs
-        )
+        seconds = [_timed(lambda: backends[0].detect(audio, SPEED_RATE))[0] for _ in backends]
+        detect = SPEED_SECONDS / statistics.median(seconds)
         return Speed(None, detect, detect, note=f"embed refused the speed audio: {exc}")
-    marked = [b.embed(audio, SPEED_RATE, payload).audio for b in backends]
     detect = [
-        _median_seconds(lambda b=b, m=m: b.detect(m, SPEED_RATE), 1)
-        for b, m in zip(backends, marked, strict=True)
+        _timed(lambda b=b, r=r: b.detect(r.audio, SPEED_RATE))[0]
+        for b, (_, r) in zip(backends, embeds, strict=True)
     ]
-    unmarked = [_median_seconds(lambda b=b: b.detect(audio, SPEED_RATE), 1) for b in backends]
+    unmarked = [_timed(lambda b=b: b.detect(audio, SPEED_RATE))[0] for b in backends]
     return Speed(
-        SPEED_SECONDS / statistics.median(embeds),
+        SPEED_SECONDS / statistics.median(seconds for seconds, _ in embeds),
         SPEED_SECONDS / statistics.median(detect),
         SPEED_SECONDS / statistics.median(unmarked),
     )

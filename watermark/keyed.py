@@ -26,10 +26,9 @@ PINELIS = 2 * math.e**3 / 9  # constant of the Gaussian-tail bound for Rademache
 EMBED_CHUNK_SECONDS = 60  # a multiple of 2 s keeps chunks on the frame grid
 EMBED_CONTEXT_SECONDS = 2
 DETECT_CHUNK_SECONDS = 8.0
-LOCAL_WINDOW_SECONDS = 1.0
+LOCAL_WINDOW_SECONDS = 1.0  # reach of the local correlation (segments, payload weights)
 LOCAL_THRESHOLD = 3.0
 MIN_SEGMENT_SECONDS = 0.5
-PAYLOAD_WINDOW_SECONDS = 1.0  # reach of the local sync estimate that weights payload frames
 REINFORCE_ROUNDS = 1
 REINFORCE_TARGET = 2.0  # margin, in noise units, that every coded bit should reach
 ROBUST_SCORE = 13.0  # clean score wanted in every 8 s window: room for a crop or a mix
@@ -234,7 +233,8 @@ class KeyedBackend:
         params: dsp.KeyedParams,
         noise_power: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embed, read the payload back as the detector would, and even out the bits.
+        """Embed at the strength :meth:`_robust_plan` picks, read the payload back as the
+        detector would, and even out the bits.
 
         Each coded bit's cells also pick up the host's own, random correlation with the key,
         which sometimes works against the bit. The embedder knows the host, so it measures
@@ -455,17 +455,25 @@ class KeyedBackend:
         best = max((quick, coarse, refined), key=lambda a: a.z)
         return self.p_value(quick.z, best.z), best, features, start
 
+    @property
+    def _frame_seconds(self) -> float:
+        """Seconds between the detector's frames."""
+        return self.params.hop / self.params.oversample / self.params.rate
+
+    @property
+    def _local_window(self) -> int:
+        """Detector frames in ``LOCAL_WINDOW_SECONDS``, odd so the window has a centre."""
+        return int(LOCAL_WINDOW_SECONDS / self._frame_seconds) | 1
+
     def _payload_soft_bits(self, features: torch.Tensor, alignment: dsp.Alignment) -> np.ndarray:
-        frame_seconds = self.params.hop / self.params.oversample / self.params.rate
-        window = int(PAYLOAD_WINDOW_SECONDS / frame_seconds) | 1
         sync = dsp.cell_signs(self._pattern, None)
-        cells = dsp.reliable_cells(features, alignment, sync, self.params, window)
+        cells = dsp.reliable_cells(features, alignment, sync, self.params, self._local_window)
         return dsp.soft_bits(cells, self._pattern)
 
     def _segments(self, hits, payload: str | None, total: int) -> list[Segment]:
         """Stretches where the local correlation stays high, in seconds of the input."""
-        frame_seconds = self.params.hop / self.params.oversample / self.params.rate
-        window = int(LOCAL_WINDOW_SECONDS / frame_seconds) | 1
+        frame_seconds = self._frame_seconds
+        window = self._local_window
         codeword = coding.encode(payload) if payload is not None else None
         signs = dsp.cell_signs(self._pattern, codeword)
         marked = np.zeros(int(total / self.params.rate / frame_seconds) + 1, bool)

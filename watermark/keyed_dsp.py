@@ -205,8 +205,9 @@ def plan_mark(x: torch.Tensor, first_frame: int, params: KeyedParams) -> MarkPla
     return restrength(plan, params.band_snr_db, params)
 
 
-def restrength(plan: MarkPlan, band_snr_db: float, params: KeyedParams) -> MarkPlan:
-    """The same plan with each frame's mark ``band_snr_db`` below the frame."""
+def restrength(plan: MarkPlan, band_snr_db: float | torch.Tensor, params: KeyedParams) -> MarkPlan:
+    """The same plan with each frame's mark ``band_snr_db`` (one value, or one per frame)
+    below the frame."""
     budget = plan.frame_energy * 10.0 ** (-band_snr_db / 10.0)
     gains = _waterfill(plan.energy, plan.weight, budget, params.max_gain)
     return replace(plan, strength=gains * plan.markable)
@@ -411,6 +412,34 @@ def soft_bits(cells: torch.Tensor, pattern: KeyPattern) -> np.ndarray:
     return soft.double().numpy()
 
 
+def _aligned_rows(
+    cumulative: torch.Tensor, alignment: Alignment, params: KeyedParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell-row features of every detector frame, and the slot of the period it falls in."""
+    rows = map_rows(cumulative, alignment.hypothesis.freq, params)
+    frames = torch.arange(rows.shape[1], dtype=torch.float64)
+    slot = torch.floor(frames * alignment.hypothesis.time).long() - alignment.offset
+    return rows, slot % params.slots
+
+
+def _sliding_scores(
+    rows: torch.Tensor,
+    slot: torch.Tensor,
+    signs: torch.Tensor,
+    params: KeyedParams,
+    window_frames: int,
+) -> torch.Tensor:
+    per_cell = params.frames_per_cell * params.oversample
+    frame_signs = signs[:, slot // per_cell]
+    num = (frame_signs * rows).sum(0)
+    den = (frame_signs.abs() * rows.square()).sum(0)
+    kernel = torch.ones(1, 1, window_frames)
+    pad = window_frames // 2
+    smooth_num = torch.nn.functional.conv1d(num[None, None], kernel, padding=pad)[0, 0]
+    smooth_den = torch.nn.functional.conv1d(den[None, None], kernel, padding=pad)[0, 0]
+    return (smooth_num / smooth_den.clamp(min=1e-12).sqrt() / math.sqrt(per_cell))[: rows.shape[1]]
+
+
 def local_scores(
     cumulative: torch.Tensor,
     alignment: Alignment,
@@ -422,21 +451,8 @@ def local_scores(
 
     ``signs`` are the cell signs to look for (sync only, or sync and the decoded payload).
     """
-    rows = map_rows(cumulative, alignment.hypothesis.freq, params)
-    frames = torch.arange(rows.shape[1], dtype=torch.float64)
-    slot = (torch.floor(frames * alignment.hypothesis.time).long() - alignment.offset) % (
-        params.slots
-    )
-    column = slot // (params.frames_per_cell * params.oversample)
-    frame_signs = signs[:, column]
-    num = (frame_signs * rows).sum(0)
-    den = (frame_signs.abs() * rows.square()).sum(0)
-    kernel = torch.ones(1, 1, window_frames)
-    pad = window_frames // 2
-    smooth_num = torch.nn.functional.conv1d(num[None, None], kernel, padding=pad)[0, 0]
-    smooth_den = torch.nn.functional.conv1d(den[None, None], kernel, padding=pad)[0, 0]
-    scale = math.sqrt(params.frames_per_cell * params.oversample)
-    return (smooth_num / smooth_den.clamp(min=1e-12).sqrt() / scale)[: rows.shape[1]]
+    rows, slot = _aligned_rows(cumulative, alignment, params)
+    return _sliding_scores(rows, slot, signs, params, window_frames)
 
 
 def reliable_cells(
@@ -454,11 +470,8 @@ def reliable_cells(
     use the key, which is fine here: the p-value comes from the sync alone, and a wrongly
     decoded payload is caught by its CRC.
     """
-    rows = map_rows(cumulative, alignment.hypothesis.freq, params)
-    weight = local_scores(cumulative, alignment, sync_signs, params, window_frames).clamp(min=0)
-    frames = torch.arange(rows.shape[1], dtype=torch.float64)
-    slot = torch.floor(frames * alignment.hypothesis.time).long() - alignment.offset
-    folded = torch.zeros(rows.shape[0], params.slots)
-    folded.index_add_(1, slot % params.slots, rows * weight)
+    rows, slot = _aligned_rows(cumulative, alignment, params)
+    weight = _sliding_scores(rows, slot, sync_signs, params, window_frames).clamp(min=0)
+    folded = torch.zeros(rows.shape[0], params.slots).index_add_(1, slot, rows * weight)
     per_cell = params.frames_per_cell * params.oversample
     return folded.reshape(rows.shape[0], params.cells_per_period, per_cell).sum(-1)

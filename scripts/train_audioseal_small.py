@@ -24,7 +24,9 @@ dBFS hand the convolutions a mark a thousand times smaller than at -10 dBFS, and
 never left chance (bit accuracy 0.51 after 800 steps).
 
 ``--device cuda --minutes M`` trains on a GPU for a fixed time (the curriculum and learning
-rate then follow the clock); ``--init FOLDER`` fine-tunes a pair trained before.
+rate then follow the clock); ``--init FOLDER`` fine-tunes a pair trained before, and with
+``--steps 0`` only measures and calibrates it again (on the full corpus, say, after training
+on a GPU machine that was sent a lighter copy).
 
 It then measures held-out detection, bit accuracy and SNR through the backend itself,
 calibrates the p-value on unmarked windows of held-out audio and writes
@@ -248,10 +250,12 @@ def train(args: argparse.Namespace, audio: list[torch.Tensor]) -> tuple[torch.nn
     optimizer = torch.optim.Adam(params, lr=args.lr)
     length = int(args.crop_seconds * ab.MODEL_RATE)
     began = time.perf_counter()
-    step, progress = 0, 0.0
+    step = 0
+    # --steps 0 without --minutes only measures and calibrates the --init pair on this corpus
+    progress = 0.0 if args.steps or args.minutes else 1.0
     while progress < 1.0:
         elapsed = time.perf_counter() - began
-        progress = step / args.steps
+        progress = step / args.steps if args.steps else 0.0
         if args.minutes:
             progress = max(progress, elapsed / (60 * args.minutes))
         for group in optimizer.param_groups:

@@ -24,10 +24,11 @@ def _read(name: str) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(data.T.copy()), rate
 
 
-PAYLOAD_NOT_YET_RELIABLE = pytest.mark.xfail(
+LEAKS_ABOVE_8KHZ = pytest.mark.xfail(
     strict=True,
-    reason="the shipped small pair reads 1-3 of its 16 bits wrong on some inputs (held-out bit "
-    "accuracy 0.967, see audioseal_small/card.json), so embed's own verification refuses",
+    reason="the resampler's transition band carries about 0.4% of the small pair's mark above "
+    "8.5 kHz, and this host has almost nothing there; cutting it off with a brick wall at 8 kHz "
+    "costs the small pair a payload bit, which it reads from the very top of its band",
 )
 
 
@@ -53,7 +54,6 @@ def test_embed_then_detect_returns_the_payload(backend, speech):
     assert result.marked_seconds > 0.8 * audio.shape[-1] / rate
 
 
-@PAYLOAD_NOT_YET_RELIABLE
 def test_every_payload_bit_is_carried(backend, speech):
     audio, rate = speech
     for payload in ("0000", "ffff", "a5c3"):
@@ -89,8 +89,7 @@ def test_segments_cover_the_marked_stretch(backend):
     assert abs(detection.segments[0].end - 6.0) < 0.25
 
 
-@PAYLOAD_NOT_YET_RELIABLE
-def test_44k_stereo_keeps_shape_and_content_above_8khz(backend):
+def test_44k_stereo_keeps_shape_and_payload(backend):
     audio, rate = _read("music/singularity_awakening_44k_stereo.flac")
     assert (audio.shape[0], rate) == (2, 44_100)
     result = backend.embed(audio, rate, "c0de")
@@ -98,13 +97,20 @@ def test_44k_stereo_keeps_shape_and_content_above_8khz(backend):
     freqs = torch.fft.rfftfreq(audio.shape[-1], 1 / rate)
     change = torch.fft.rfft(result.audio - audio).abs().pow(2)
     host = torch.fft.rfft(audio).abs().pow(2)
-    high, low = freqs > 8_500, freqs < 7_500
-    assert change[:, high].sum() < 1e-4 * host[:, high].sum()
-    assert change[:, low].sum() > 1e-4 * host[:, low].sum()  # the mark is really there
+    assert change[:, freqs < 7_500].sum() > 1e-4 * host[:, freqs < 7_500].sum()  # it is there
     assert backend.detect(result.audio, rate).payload == "c0de"
 
 
-@PAYLOAD_NOT_YET_RELIABLE
+@LEAKS_ABOVE_8KHZ
+def test_44k_stereo_content_above_8khz_is_untouched(backend):
+    audio, rate = _read("music/singularity_awakening_44k_stereo.flac")
+    result = backend.embed(audio, rate, "c0de")
+    freqs = torch.fft.rfftfreq(audio.shape[-1], 1 / rate)
+    change = torch.fft.rfft(result.audio - audio).abs().pow(2)
+    host = torch.fft.rfft(audio).abs().pow(2)
+    assert change[:, freqs > 8_500].sum() < 1e-4 * host[:, freqs > 8_500].sum()
+
+
 def test_long_input_is_marked_throughout(backend, speech):
     audio, rate = speech
     long = audio.repeat(1, 14)[:, : 70 * rate]
@@ -115,7 +121,6 @@ def test_long_input_is_marked_throughout(backend, speech):
     assert sum(s.end - s.start for s in detection.segments) > 60.0
 
 
-@PAYLOAD_NOT_YET_RELIABLE
 def test_digital_silence_stays_silent(backend, speech):
     audio, rate = speech
     padded = torch.cat([torch.zeros(1, rate), audio], dim=1)

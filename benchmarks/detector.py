@@ -32,7 +32,7 @@ from transformers import ASTConfig, ASTModel
 
 from benchmarks.markdown import machine, write_section
 from detectors import SyntheticVoiceDetector, load_detector
-from detectors.backbone import Backbone
+from detectors.backbone import SHIPPED_DIR, Backbone
 from detectors.corpus import load_manifest
 from detectors.evaluation import Scores, breakdown, score
 from detectors.frontend import SAMPLE_RATE, frames_for
@@ -149,6 +149,20 @@ def speed(detector, speech: torch.Tensor, runs: int = 5) -> dict[str, float]:
     }
 
 
+def shipped_training() -> str:
+    """How the shipped backbone was trained, from its card, so a table names its recipe."""
+    card = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())
+    training, pre = card["training"], card.get("pretraining", {})
+    text = (
+        f"Shipped backbone: {training['steps']} steps of batch {training['batch']} in "
+        f"{training['minutes']:g} min on {card.get('machine', 'a CPU')}"
+    )
+    if pre.get("minutes"):
+        text += f", after {pre['minutes']:g} min of {pre['method']}"
+    note = card["trained_on"].get("note")
+    return text + (f". {note}." if note else ".")
+
+
 def fmt(s: Scores | dict) -> str:
     d = s.to_dict() if isinstance(s, Scores) else s
     if d["eer"] is None:
@@ -220,7 +234,12 @@ def main() -> None:
         f"Machine: {machine()}  ",
         f"Model: `{detector.model_id}`; corpus `{args.corpus}` (recipe "
         f"{json.loads((args.corpus / 'corpus.json').read_text())['recipe']['version']}) "
-        f"({', '.join(f'{s} {len(c)}' for s, c in clips.items())} clips).",
+        f"({', '.join(f'{s} {len(c)}' for s, c in clips.items())} clips).  ",
+        f"{shipped_training()}  ",
+        "Every score goes through `SyntheticVoiceDetector.predict`, as `audioguard detect` runs "
+        "it; a clip where the speech gate hears no speech counts as 0.5. The MFCC baseline is "
+        "logistic regression on the means and standard deviations of 20 MFCCs and their "
+        "deltas, fitted on the train split.",
         "",
         *table("held-out data", overall),
         *table("test split, per synthetic family (vs all real)", families),
@@ -234,6 +253,8 @@ def main() -> None:
             "",
         ]
         lines += table("left-out family", left_out)
+    else:
+        lines += ["Leave-one-family-out: not run by this command (`--skip-lofo`).", ""]
     if independent:
         lines += [
             "Independent evaluation set (sources and generators never used in training or tuning):",

@@ -70,10 +70,16 @@ def layer_outputs(model: ASTModel, features: torch.Tensor) -> tuple[torch.Tensor
     entry is the final layer after the model's closing layer norm.
     """
     states = [model.embeddings(features)]
-    for layer in model.encoder.layer:
+    for layer in encoder_layers(model):
         states.append(layer(states[-1]))
     states[-1] = model.layernorm(states[-1])
     return tuple(states)
+
+
+def encoder_layers(model: ASTModel) -> torch.nn.ModuleList:
+    """The transformer blocks, wherever this version of transformers keeps them (see
+    :func:`v4_layout`)."""
+    return model.encoder.layer if hasattr(model, "encoder") else model.layers
 
 
 def pool(hidden: tuple[torch.Tensor, ...], layers: list[int], pooling: str) -> torch.Tensor:
@@ -145,10 +151,34 @@ def load_compact(stem: Path) -> Backbone:
     return Backbone(model=model.eval(), name=f"{COMPACT_NAME}-{card.get('version', 1)}")
 
 
+_V5_TO_V4 = (
+    ("attention.q_proj.", "attention.attention.query."),
+    ("attention.k_proj.", "attention.attention.key."),
+    ("attention.v_proj.", "attention.attention.value."),
+    ("attention.o_proj.", "attention.output.dense."),
+    ("mlp.fc1.", "intermediate.dense."),
+    ("mlp.fc2.", "output.dense."),
+)
+
+
+def v4_layout(name: str) -> str:
+    """A parameter name in the layout of transformers 4, which this package pins.
+
+    transformers 5 renamed the AST's layers (``layers.0.attention.q_proj`` for
+    ``encoder.layer.0.attention.attention.query``) without changing the arithmetic; a model
+    trained where 5 is installed (a lent GPU machine) is saved under the names 4 loads.
+    """
+    if not name.startswith("layers."):
+        return name
+    for new, old in _V5_TO_V4:
+        name = name.replace(new, old)
+    return "encoder.layer." + name.removeprefix("layers.")
+
+
 def save_compact(model: ASTModel, stem: Path, card: dict[str, object]) -> None:
     """Write the weights as safetensors and the card (config + how it was trained) as JSON."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {v4_layout(k): v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(stem.with_suffix(".safetensors")))
     full_card = {**card, "config": model.config.to_diff_dict()}
     stem.with_suffix(".json").write_text(json.dumps(full_card, indent=2) + "\n")

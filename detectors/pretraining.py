@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import ASTModel
 
-from detectors.backbone import compact_config
+from detectors.backbone import compact_config, encoder_layers
 from detectors.training import Clip, augment_features, random_window
 
 PATCH = 16
@@ -43,7 +43,7 @@ class MaskedPatchModel(nn.Module):
         embeddings = self.ast.embeddings
         patches = embeddings.patch_embeddings(x)
         batch, count, width = patches.shape
-        mask = torch.rand(batch, count) < mask_ratio
+        mask = torch.rand(batch, count, device=patches.device) < mask_ratio
         patches = torch.where(mask[..., None], self.mask_token.expand(batch, count, width), patches)
         tokens = torch.cat(
             [
@@ -54,7 +54,9 @@ class MaskedPatchModel(nn.Module):
             dim=1,
         )
         tokens = embeddings.dropout(tokens + embeddings.position_embeddings)
-        hidden = self.ast.layernorm(self.ast.encoder(tokens).last_hidden_state)[:, 2:]
+        for layer in encoder_layers(self.ast):
+            tokens = layer(tokens)
+        hidden = self.ast.layernorm(tokens)[:, 2:]
         error = (self.decoder(hidden) - patchify(x)).pow(2).mean(-1)
         return error[mask].mean()
 
@@ -68,12 +70,13 @@ def pretrain(
     lr: float = 5e-4,
     mask_ratio: float = 0.4,
     seed: int = 0,
+    device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> ASTModel:
     """Masked-patch pre-training for ``minutes`` of wall time over every clip, labels unused."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = MaskedPatchModel(ASTModel(compact_config(max_length=frames)))
+    model = MaskedPatchModel(ASTModel(compact_config(max_length=frames))).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     deadline, step = time.monotonic() + minutes * 60, 0
     while time.monotonic() < deadline:
@@ -82,7 +85,7 @@ def pretrain(
         x = torch.stack([random_window(clips[i].features, frames, rng) for i in picks])
         for group in optimiser.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 100)
-        loss = model(augment_features(x, rng), mask_ratio)
+        loss = model(augment_features(x, rng).to(device), mask_ratio)
         optimiser.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -90,4 +93,4 @@ def pretrain(
         step += 1
         if step % 100 == 0:
             log(f"pretrain step {step} reconstruction loss {loss.item():.4f}")
-    return model.ast
+    return model.ast.cpu()

@@ -56,6 +56,8 @@ class TrainSettings:
     seed: int = 0
     exclude_families: tuple[str, ...] = ()
     max_steps: int | None = None
+    validate_every: int = 100
+    device: str = "cpu"
 
 
 def origin_of(row: dict[str, object]) -> str:
@@ -199,7 +201,8 @@ def train_backbone(
         {c.origin for c in train if c.origin not in ("espeak-ng", "flite", "festival")}
     )
     origin_index = {o: i for i, o in enumerate(origins)}
-    model = TrainingModel(frames, max(1, len(origins)), init)
+    device = torch.device(settings.device)
+    model = TrainingModel(frames, max(1, len(origins)), init).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
     sampler = BalancedSampler(train, rng)
     deadline = time.monotonic() + settings.minutes * 60
@@ -209,9 +212,9 @@ def train_backbone(
         picks = sampler.draw(settings.batch)
         x = augment_features(
             torch.stack([random_window(train[i].features, frames, rng) for i in picks]), rng
-        )
-        y = torch.tensor([train[i].label for i in picks], dtype=torch.float32)
-        o = torch.tensor([origin_index.get(train[i].origin, -100) for i in picks])
+        ).to(device)
+        y = torch.tensor([train[i].label for i in picks], dtype=torch.float32, device=device)
+        o = torch.tensor([origin_index.get(train[i].origin, -100) for i in picks], device=device)
         warm = min(1.0, step / 200)
         for group in optimiser.param_groups:
             group["lr"] = settings.lr * warm
@@ -224,13 +227,15 @@ def train_backbone(
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         step += 1
-        if step % 100 == 0 and val:
+        if step % settings.validate_every == 0 and val:
             s = score([c.label for c in val], clip_logits(model, val, frames))
             history.append({"step": step, "loss": round(loss.item(), 4), **s.to_dict()})
             log(f"step {step} loss {loss.item():.3f} val EER {s.eer:.3f} AUC {s.auc:.3f}")
             if s.eer is not None and s.eer < best_eer:
                 best_eer = s.eer
-                best_state = {k: v.clone() for k, v in model.ast.state_dict().items()}
+                state = model.ast.state_dict()
+                best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    model.ast.cpu()
     if best_state is not None:
         model.ast.load_state_dict(best_state)
     summary = {"steps": step, "best_val_eer": best_eer, "history": history, **asdict(settings)}
@@ -241,9 +246,11 @@ def train_backbone(
 def clip_logits(model: TrainingModel, clips: Sequence[Clip], frames: int) -> list[float]:
     """The training classifier's mean window logit per clip: a cheap validation score."""
     model.eval()
+    device = next(model.parameters()).device
     scores = []
     for clip in clips:
-        hidden = model.ast(input_values=windows_of(clip.features, frames)).last_hidden_state
+        windows = windows_of(clip.features, frames).to(device)
+        hidden = model.ast(input_values=windows).last_hidden_state
         pooled = torch.cat([hidden[:, 2:].mean(1), hidden[:, :2].mean(1)], dim=1)
         scores.append(float(model.classifier(pooled).mean()))
     return scores

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from detectors.backbone import COMPACT_NAME, save_compact, select
+from detectors.backbone import COMPACT_NAME, load_compact, save_compact, select
 from detectors.corpus import load_manifest
 from detectors.evaluation import breakdown, score
 from detectors.frontend import frames_for
@@ -77,33 +78,68 @@ def evaluate(head, ast, clips: list[Clip], frames: int) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path(".cache/detector-corpus"))
-    parser.add_argument("--minutes", type=float, default=25.0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--pretrain-minutes",
-        type=float,
-        default=0.0,
-        help="Masked-patch pre-training on the train and val audio (labels unused) first.",
+def corpus_card(corpus: Path, clips: dict[str, list[Clip]], note: str | None) -> dict:
+    recipe = json.loads((corpus / "corpus.json").read_text()).get("recipe", {})
+    card = {
+        "builder": "audioguard detectors build-corpus",
+        "recipe": {k: recipe.get(k) for k in ("version", "seed", "clips_per_source")},
+        "clips": {s: len(c) for s, c in clips.items()},
+        "families": sorted({c.family for c in clips["train"]}),
+    }
+    return {**card, "note": note} if note else card
+
+
+def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], started: float):
+    """Pre-train (optionally) and train the backbone, and write it with its card."""
+    settings = TrainSettings(
+        minutes=args.minutes,
+        batch=args.batch,
+        lr=args.lr,
+        adversarial_weight=args.adversarial_weight,
+        seed=args.seed,
+        validate_every=args.validate_every,
+        device=args.device,
     )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    rows = load_manifest(args.corpus)
-    splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
-    clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
-    print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
-    settings = TrainSettings(minutes=args.minutes, seed=args.seed)
     frames = frames_for(settings.window_s)
     init = None
     if args.pretrain_minutes > 0:
         unlabelled = clips["train"] + clips["val"]
-        init = pretrain(unlabelled, frames, args.pretrain_minutes, seed=args.seed)
+        init = pretrain(
+            unlabelled, frames, args.pretrain_minutes, seed=args.seed, device=args.device
+        )
     ast, summary = train_backbone(clips["train"], clips["val"], settings, init=init)
+    save_compact(
+        ast,
+        args.out / "compact_ast",
+        {
+            "name": "compact-ast",
+            "version": VERSION,
+            "what": "A 4-layer 192-wide Audio Spectrogram Transformer trained from scratch to "
+            "separate real from synthetic speech; use it through its head.",
+            "trained_on": corpus_card(args.corpus, clips, args.corpus_note),
+            "training": {k: v for k, v in summary.items() if k != "history"},
+            "pretraining": {
+                "method": "masked patch reconstruction (SSAST-style), labels unused",
+                "minutes": args.pretrain_minutes,
+                "clips": "train + val splits",
+            },
+            "machine": machine(args.device),
+            "validation_history": summary["history"],
+            "train_seconds": round(time.time() - started),
+        },
+    )
+    return ast
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} GPU"
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def fit_and_save_head(args: argparse.Namespace, ast, clips: dict[str, list[Clip]]) -> None:
+    """Choose layers and pooling on val, fit the calibrated head, score the test split."""
+    frames = frames_for(TrainSettings().window_s)
     choice = choose_embedding(ast, clips["train"], clips["val"], frames, print)
     layers, pooling = choice["chosen"]["layers"], choice["chosen"]["pooling"]
     backbone_name = f"{COMPACT_NAME}-{VERSION}"
@@ -120,44 +156,86 @@ def main() -> None:
     )
     test = evaluate(head, ast, clips["test"], frames)
     print(json.dumps(test["overall"]), json.dumps(test["by_family"]))
-    recipe = json.loads((args.corpus / "corpus.json").read_text()).get("recipe", {})
-    corpus_card = {
-        "builder": "audioguard detectors build-corpus",
-        "recipe": {k: recipe.get(k) for k in ("version", "seed", "clips_per_source")},
-        "clips": {s: len(c) for s, c in clips.items()},
-        "families": sorted({c.family for c in clips["train"]}),
-    }
-    save_compact(
-        ast,
-        args.out / "compact_ast",
-        {
-            "name": "compact-ast",
-            "version": VERSION,
-            "what": "A 4-layer 192-wide Audio Spectrogram Transformer trained from scratch to "
-            "separate real from synthetic speech; use it through its head.",
-            "trained_on": corpus_card,
-            "training": {k: v for k, v in summary.items() if k != "history"},
-            "pretraining": {
-                "method": "masked patch reconstruction (SSAST-style), labels unused",
-                "minutes": args.pretrain_minutes,
-                "clips": "train + val splits",
-            },
-            "validation_history": summary["history"],
-            "train_seconds": round(time.time() - started),
-        },
-    )
     head.card = {
         "name": f"head-{VERSION}",
-        # a head written elsewhere must not silently pair with the shipped backbone
-        "backbone_spec": None if args.out == WEIGHTS else str(args.out / "compact_ast"),
+        "backbone_spec": head_backbone_spec(args.out),
         "backbone": backbone_name,
         "layers": layers,
         "pooling": pooling,
-        "trained_on": corpus_card,
+        "trained_on": corpus_card(args.corpus, clips, None),
         "embedding_choice": choice,
         "test_split": test,
     }
     head.save(args.out / "compact_ast_head.json")
+
+
+def head_backbone_spec(out: Path) -> str | None:
+    """Where a head finds its backbone: None for the shipped one, else an absolute path, so
+    that a head written elsewhere never silently pairs with the shipped backbone and loads the
+    same from any working directory."""
+    out = out.resolve()
+    return None if out == WEIGHTS else str(out / "compact_ast")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=Path(".cache/detector-corpus"))
+    parser.add_argument("--minutes", type=float, default=25.0)
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=TrainSettings.batch)
+    parser.add_argument("--lr", type=float, default=TrainSettings.lr)
+    parser.add_argument(
+        "--adversarial-weight", type=float, default=TrainSettings.adversarial_weight
+    )
+    parser.add_argument("--validate-every", type=int, default=TrainSettings.validate_every)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
+    parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        default=0.0,
+        help="Masked-patch pre-training on the train and val audio (labels unused) first.",
+    )
+    parser.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="Write the backbone and stop; fit its head later with --head-for (the corpus "
+        "here may hold only train and val, or a transcoded copy not fit to fit a head on).",
+    )
+    parser.add_argument(
+        "--head-for",
+        type=Path,
+        default=None,
+        help="Skip training: fit the head of the backbone in this folder (its compact_ast.*) "
+        "and write both to --out.",
+    )
+    parser.add_argument(
+        "--corpus-note", default=None, help="How the training corpus differs from a build."
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    rows = load_manifest(args.corpus)
+    splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
+    print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
+    if args.head_for is not None:
+        ast = load_compact(args.head_for / "compact_ast").model
+        if args.head_for.resolve() != args.out.resolve():
+            args.out.mkdir(parents=True, exist_ok=True)
+            for suffix in (".safetensors", ".json"):
+                shutil.copyfile(
+                    args.head_for / f"compact_ast{suffix}", args.out / f"compact_ast{suffix}"
+                )
+    else:
+        ast = train_and_save(args, clips, started)
+    if not args.backbone_only:
+        fit_and_save_head(args, ast, clips)
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
 

@@ -25,6 +25,15 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores (load average {load} when speed was measured)"
 
 
+def trainer(device: str) -> str:
+    """What trained a model, in words, for its card."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} GPU ({platform.machine()})"
+    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads"
+
+
 def write_section(out: Path, key: str, body: str) -> None:
     """Replace section ``key`` of ``out`` with ``body`` (or append it), fencing it with markers."""
     begin, end = f"<!-- benchmark:{key}:begin -->", f"<!-- benchmark:{key}:end -->"

@@ -7,17 +7,18 @@ classes pass through the same codec, and the corpus already augments with Opus, 
 so the codec carries no label; a head for a backbone trained on the copy is then fitted on the
 original FLAC (``train_detector.py --head-for``).
 
-    python scripts/pack_detector_corpus.py /tmp/corpus-frozen .gpu/detcorpus --kbps 32
+    python scripts/pack_detector_corpus.py /tmp/corpus-frozen .gpu/detcorpus --kbps train=32 val=18
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from detectors.corpus.manifest import load_manifest, write_manifest
 
 
 def encode(source: Path, target: Path, kbps: int) -> None:
@@ -29,35 +30,43 @@ def encode(source: Path, target: Path, kbps: int) -> None:
     )
 
 
+def bitrates(pairs: list[str]) -> dict[str, int]:
+    """``["train=32", "val=18"]`` -> ``{"train": 32, "val": 18}``."""
+    try:
+        return {split: int(kbps) for split, kbps in (p.split("=", 1) for p in pairs)}
+    except ValueError:
+        raise SystemExit(f"--kbps takes SPLIT=KBPS pairs, not {' '.join(pairs)}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--kbps", type=int, default=32)
-    parser.add_argument("--splits", nargs="+", default=["train", "val"])
+    parser.add_argument(
+        "--kbps", nargs="+", default=["train=32", "val=18"], help="SPLIT=KBPS for each split"
+    )
     args = parser.parse_args()
-    rows = [
-        json.loads(line)
-        for line in (args.corpus / "manifest.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    kept = [{**r, "path": str(Path(r["path"]).with_suffix(".opus"))} for r in rows]
-    kept = [r for r in kept if r["split"] in args.splits]
+    rates = bitrates(args.kbps)
+    rows = [r for r in load_manifest(args.corpus) if r["split"] in rates]
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(
             pool.map(
                 lambda r: encode(
-                    args.corpus / Path(r["path"]).with_suffix(".flac"),
-                    args.out / r["path"],
-                    args.kbps,
+                    args.corpus / str(r["path"]),
+                    args.out / Path(str(r["path"])).with_suffix(".opus"),
+                    rates[str(r["split"])],
                 ),
-                kept,
+                rows,
             )
         )
-    (args.out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    shutil.copyfile(args.corpus / "corpus.json", args.out / "corpus.json")
-    print(f"{len(kept)} clips at {args.kbps} kbit/s in {args.out}")
+    write_manifest(
+        args.out, [{**r, "path": str(Path(str(r["path"])).with_suffix(".opus"))} for r in rows]
+    )
+    card = json.loads((args.corpus / "corpus.json").read_text())
+    card["transport"] = {"codec": "opus", "kbps": rates, "from": str(args.corpus)}
+    (args.out / "corpus.json").write_text(json.dumps(card, indent=1) + "\n")
+    print(f"{len(rows)} clips as Opus ({', '.join(args.kbps)}) in {args.out}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.corpus import Clip, build_clips, unmarked_windows  # noqa: E402
+from benchmarks.markdown import trainer  # noqa: E402
 from watermark.backends import audioseal_backend as ab  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -318,19 +318,47 @@ def null_scores(backend: ab.AudioSealBackend, clips: list[Clip], count: int, see
     return scores
 
 
-def machine(device: str) -> str:
-    """What trained the pair, in words, for the card."""
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))} GPU ({platform.machine()})"
-    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads"
-
-
 def started_from(init: Path | None) -> dict | None:
     """The training record of the pair a fine-tune started from (None when trained afresh)."""
     card = init / "card.json" if init else None
     if card is None or not card.is_file():
         return None
     return json.loads(card.read_text()).get("training")
+
+
+def training_record(args, clips: dict, seconds: float) -> dict:
+    """How the pair was trained. A ``--steps 0`` run only measured an ``--init`` pair, so its
+    card keeps that pair's own record and says where and when it was measured again."""
+    if args.steps_done == 0 and started_from(args.init) is not None:
+        return {
+            **started_from(args.init),
+            "remeasured": f"held_out and calibration recomputed with --steps 0 on {args.corpus}, "
+            f"{trainer(args.device)}",
+        }
+    return {
+        "script": "scripts/train_audioseal_small.py",
+        "arguments": {k: v for k, v in vars(args).items() if k not in {"out", "steps_done"}},
+        "steps": args.steps_done,
+        "data": {
+            "train": [c.path.name for c in clips["train"]] + ["samples/*/*.flac"],
+            "calibrate": len(clips["calibrate"]),
+            "evaluate": len(clips["evaluate"]),
+            "source": "benchmarks.corpus.build_clips (Debian packages; see its SOURCES)",
+        },
+        "losses": "per-sample detection CE with partly unmarked clips (localization), "
+        "message BCE on marked samples, spectral hinge; mark scaled to the host envelope",
+        "augmentations": [
+            "white noise 15-35 dB SNR",
+            "low-pass 3-6 kHz",
+            "high-pass 0.1-0.5 kHz",
+            "gain x0.25-2",
+        ],
+        "seconds": round(seconds, 1),
+        "started_from": started_from(args.init),
+        "device": args.device,
+        "machine": trainer(args.device),
+        "torch": torch.__version__,
+    }
 
 
 def write_card(args, out_dir: Path, clips: dict, seconds: float, scores: dict, calibration: dict):
@@ -346,30 +374,7 @@ def write_card(args, out_dir: Path, clips: dict, seconds: float, scores: dict, c
         "purpose": "a real, working AudioSeal-architecture pair for tests and demos where the "
         "official weights cannot be fetched; it is NOT Meta's model and its mark is not "
         "AudioSeal's mark",
-        "training": {
-            "script": "scripts/train_audioseal_small.py",
-            "arguments": {k: v for k, v in vars(args).items() if k not in {"out", "steps_done"}},
-            "steps": args.steps_done,
-            "data": {
-                "train": [c.path.name for c in clips["train"]] + ["samples/*/*.flac"],
-                "calibrate": len(clips["calibrate"]),
-                "evaluate": len(clips["evaluate"]),
-                "source": "benchmarks.corpus.build_clips (Debian packages; see its SOURCES)",
-            },
-            "losses": "per-sample detection CE with partly unmarked clips (localization), "
-            "message BCE on marked samples, spectral hinge; mark scaled to the host envelope",
-            "augmentations": [
-                "white noise 15-35 dB SNR",
-                "low-pass 3-6 kHz",
-                "high-pass 0.1-0.5 kHz",
-                "gain x0.25-2",
-            ],
-            "seconds": round(seconds, 1),
-            "started_from": started_from(args.init),
-            "device": args.device,
-            "machine": machine(args.device),
-            "torch": torch.__version__,
-        },
+        "training": training_record(args, clips, seconds),
         "held_out": scores,
         "threshold": {
             "p_value": ab.P_THRESHOLD,
@@ -411,7 +416,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--null-draws", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps == 0 and not args.minutes and args.init is None:
+        parser.error("--steps 0 measures an --init pair; name the pair to measure")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,17 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from detectors.backbone import COMPACT_NAME, load_compact, save_compact, select
-from detectors.corpus import load_manifest
-from detectors.evaluation import breakdown, score
-from detectors.frontend import frames_for
-from detectors.pretraining import pretrain
-from detectors.training import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.markdown import trainer  # noqa: E402
+from detectors.backbone import COMPACT_NAME, load_compact, save_compact, select  # noqa: E402
+from detectors.corpus import load_manifest  # noqa: E402
+from detectors.evaluation import breakdown, score  # noqa: E402
+from detectors.frontend import frames_for  # noqa: E402
+from detectors.pretraining import pretrain  # noqa: E402
+from detectors.training import (  # noqa: E402
     Clip,
     TrainSettings,
     clip_scores,
@@ -123,7 +127,7 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
                 "minutes": args.pretrain_minutes,
                 "clips": "train + val splits",
             },
-            "machine": machine(args.device),
+            "machine": trainer(args.device),
             "validation_history": summary["history"],
             "train_seconds": round(time.time() - started),
         },
@@ -131,15 +135,9 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
     return ast
 
 
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))} GPU"
-    return f"CPU, {torch.get_num_threads()} threads"
-
-
 def fit_and_save_head(args: argparse.Namespace, ast, clips: dict[str, list[Clip]]) -> None:
     """Choose layers and pooling on val, fit the calibrated head, score the test split."""
-    frames = frames_for(TrainSettings().window_s)
+    frames = int(ast.config.max_length)
     choice = choose_embedding(ast, clips["train"], clips["val"], frames, print)
     layers, pooling = choice["chosen"]["layers"], choice["chosen"]["pooling"]
     backbone_name = f"{COMPACT_NAME}-{VERSION}"
@@ -162,7 +160,7 @@ def fit_and_save_head(args: argparse.Namespace, ast, clips: dict[str, list[Clip]
         "backbone": backbone_name,
         "layers": layers,
         "pooling": pooling,
-        "trained_on": corpus_card(args.corpus, clips, None),
+        "trained_on": corpus_card(args.corpus, clips, args.corpus_note),
         "embedding_choice": choice,
         "test_split": test,
     }
@@ -213,7 +211,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--corpus-note", default=None, help="How the training corpus differs from a build."
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.head_for is not None and (args.backbone_only or args.pretrain_minutes):
+        parser.error("--head-for fits a head on a trained backbone: no training options")
+    return args
 
 
 def main() -> None:
@@ -224,6 +225,8 @@ def main() -> None:
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
     print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
+    if not clips["test"] and not args.backbone_only:
+        sys.exit(f"{args.corpus} has no test split to score a head on: use --backbone-only")
     if args.head_for is not None:
         ast = load_compact(args.head_for / "compact_ast").model
         if args.head_for.resolve() != args.out.resolve():

@@ -9,33 +9,45 @@ import pytest
 import torch
 from transformers import ASTModel
 
+from detectors import evaluation
 from detectors.backbone import compact_config, layer_outputs, load_compact, save_compact, v4_layout
+from detectors.evaluation import Scores
 from detectors.frontend import frames_for
 from detectors.pretraining import pretrain
 from detectors.training import Clip, TrainSettings, train_backbone
 
-_V4_TO_V5 = (
-    ("encoder.layer.", "layers."),
-    ("attention.attention.query.", "attention.q_proj."),
-    ("attention.attention.key.", "attention.k_proj."),
-    ("attention.attention.value.", "attention.v_proj."),
-    ("attention.output.dense.", "attention.o_proj."),
-    ("intermediate.dense.", "mlp.fc1."),
-    ("output.dense.", "mlp.fc2."),
-)
+V5_NAMES = [  # ASTModel(compact_config()).state_dict() under transformers 5.17: layer 0, the rest
+    "embeddings.cls_token",
+    "embeddings.distillation_token",
+    "embeddings.patch_embeddings.projection.bias",
+    "embeddings.patch_embeddings.projection.weight",
+    "embeddings.position_embeddings",
+    "layernorm.bias",
+    "layernorm.weight",
+    "layers.0.attention.k_proj.bias",
+    "layers.0.attention.k_proj.weight",
+    "layers.0.attention.o_proj.bias",
+    "layers.0.attention.o_proj.weight",
+    "layers.0.attention.q_proj.bias",
+    "layers.0.attention.q_proj.weight",
+    "layers.0.attention.v_proj.bias",
+    "layers.0.attention.v_proj.weight",
+    "layers.0.layernorm_after.bias",
+    "layers.0.layernorm_after.weight",
+    "layers.0.layernorm_before.bias",
+    "layers.0.layernorm_before.weight",
+    "layers.0.mlp.fc1.bias",
+    "layers.0.mlp.fc1.weight",
+    "layers.0.mlp.fc2.bias",
+    "layers.0.mlp.fc2.weight",
+]
 
 
-def _v5_name(name: str) -> str:
-    """transformers 5's name for a 4.x AST parameter, written out from its modeling file."""
-    for old, new in _V4_TO_V5:
-        name = name.replace(old, new)
-    return name
-
-
-def test_names_from_transformers_5_map_back_to_the_layout_we_load():
-    names = list(ASTModel(compact_config()).state_dict())
-    assert any(name.startswith("encoder.layer.") for name in names)
-    assert [v4_layout(_v5_name(name)) for name in names] == names
+def test_names_from_transformers_5_map_onto_the_layout_we_load():
+    names = ASTModel(compact_config()).state_dict()
+    layer_zero = {n for n in names if not n.startswith("encoder.layer.") or ".layer.0." in n}
+    assert {v4_layout(n) for n in V5_NAMES} == layer_zero
+    assert all(v4_layout(n) == n for n in names)
 
 
 def _clips(count: int, seconds: float, seed: int) -> list[Clip]:
@@ -51,14 +63,35 @@ def _clips(count: int, seconds: float, seed: int) -> list[Clip]:
     return clips
 
 
-def test_a_few_training_steps_keep_the_best_weights_and_save_them(tmp_path: Path):
-    settings = TrainSettings(minutes=5.0, batch=4, window_s=1.0, max_steps=4, validate_every=2)
-    init = pretrain(_clips(8, 1.5, 0), frames_for(1.0), minutes=0.002, batch=4)
-    ast, summary = train_backbone(
+def _train(max_steps: int, eers: list[float], monkeypatch: pytest.MonkeyPatch, init=None):
+    """Train on fixed clips, with validation answering ``eers`` in turn (one per step)."""
+    answers = iter(eers)
+    monkeypatch.setattr(
+        evaluation, "score", lambda labels, scores: Scores(next(answers), 0.5, 4, 4)
+    )
+    settings = TrainSettings(
+        minutes=5.0, batch=4, window_s=1.0, max_steps=max_steps, validate_every=1
+    )
+    return train_backbone(
         _clips(16, 1.5, 1), _clips(8, 1.5, 2), settings, log=lambda _: None, init=init
     )
-    assert summary["steps"] == 4 and [h["step"] for h in summary["history"]] == [2, 4]
-    assert summary["best_val_eer"] == min(h["eer"] for h in summary["history"])
+
+
+def test_training_keeps_the_weights_of_the_best_validation(monkeypatch: pytest.MonkeyPatch):
+    best, _ = _train(2, [0.3, 0.1], monkeypatch)
+    kept, summary = _train(4, [0.3, 0.1, 0.4, 0.5], monkeypatch)
+    assert summary["steps"] == 4 and summary["best_val_eer"] == 0.1
+    last, _ = _train(4, [0.3, 0.2, 0.15, 0.1], monkeypatch)
+    for name, weight in best.state_dict().items():
+        assert torch.equal(kept.state_dict()[name], weight)
+    assert any(not torch.equal(last.state_dict()[n], w) for n, w in best.state_dict().items())
+
+
+def test_pretrained_weights_train_and_round_trip_through_safetensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    init = pretrain(_clips(8, 1.5, 0), frames_for(1.0), minutes=0.002, batch=4)
+    ast, _ = _train(2, [0.3, 0.2], monkeypatch, init=init)
     assert all(p.device.type == "cpu" for p in ast.parameters())
     save_compact(ast, tmp_path / "compact_ast", {"version": 1})
     loaded = load_compact(tmp_path / "compact_ast").model

@@ -248,8 +248,9 @@ def main() -> None:
     ]
     if left_out:
         lines += [
-            f"Leave-one-family-out: compact AST and head retrained from scratch for "
-            f"{args.lofo_minutes:g} min without the family, tested on it.",
+            f"Leave-one-family-out: compact AST and head retrained from scratch without the "
+            f"family, {args.lofo_minutes:g} min each on this machine's CPU with no "
+            f"pre-training (a weaker recipe than the shipped backbone's), tested on it.",
             "",
         ]
         lines += table("left-out family", left_out)

@@ -234,25 +234,28 @@ def learning_rate(args: argparse.Namespace, progress: float) -> float:
     return args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def build_pair(init: Path | None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The small generator and detector, fresh or with the weights of a pair trained before."""
+    gen_model = ab.build_model("generator", small_config("generator"))
+    det_model = ab.build_model("detector", small_config("detector"))
+    if init:
+        gen_model.load_state_dict(load_file(str(init / "generator.safetensors")))
+        det_model.load_state_dict(load_file(str(init / "detector.safetensors")))
+    return gen_model, det_model
+
+
 def train(args: argparse.Namespace, audio: list[torch.Tensor]) -> tuple[torch.nn.Module, ...]:
     """Train for ``args.steps`` steps, or until ``args.minutes`` have passed if that is set
     (then progress, and with it the curriculum and the learning rate, follows the clock)."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device)
-    gen_model = ab.build_model("generator", small_config("generator"))
-    det_model = ab.build_model("detector", small_config("detector"))
-    if args.init:  # fine-tune a pair this script trained before
-        gen_model.load_state_dict(load_file(str(args.init / "generator.safetensors")))
-        det_model.load_state_dict(load_file(str(args.init / "detector.safetensors")))
-    gen_model, det_model = gen_model.to(device), det_model.to(device)
+    gen_model, det_model = (model.to(device) for model in build_pair(args.init))
     params = [*gen_model.parameters(), *det_model.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     length = int(args.crop_seconds * ab.MODEL_RATE)
     began = time.perf_counter()
-    step = 0
-    # --steps 0 without --minutes only measures and calibrates the --init pair on this corpus
-    progress = 0.0 if args.steps or args.minutes else 1.0
+    step, progress = 0, 0.0
     while progress < 1.0:
         elapsed = time.perf_counter() - began
         progress = step / args.steps if args.steps else 0.0
@@ -427,7 +430,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     clips = split_clips(build_clips(args.corpus))
     began = time.perf_counter()
-    gen_model, det_model = train(args, training_audio(clips["train"]))
+    if args.steps == 0 and not args.minutes:  # measure and calibrate the --init pair only
+        gen_model, det_model = (model.eval() for model in build_pair(args.init))
+        args.steps_done = 0
+    else:
+        gen_model, det_model = train(args, training_audio(clips["train"]))
     seconds = time.perf_counter() - began
     args.out.mkdir(parents=True, exist_ok=True)
     ab.save_model(

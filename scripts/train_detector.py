@@ -41,10 +41,10 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "detectors" / "weights"
 VERSION = 1
 
 
-def choose_embedding(ast, train: list[Clip], val: list[Clip], frames: int, log) -> dict:
+def choose_embedding(depth: int, pools: dict[str, list], clips: dict[str, list[Clip]], log) -> dict:
     """Try layer sets and poolings; keep the one whose head scores the lowest val EER."""
-    depth = ast.config.num_hidden_layers
-    train_pools, val_pools = layer_pools(ast, train, frames), layer_pools(ast, val, frames)
+    train, val = clips["train"], clips["val"]
+    train_pools, val_pools = pools["train"], pools["val"]
     candidates = [[depth], [depth - 1], [depth - 1, depth], list(range(1, depth + 1))]
     results = []
     for layers in candidates:
@@ -138,11 +138,12 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
 def fit_and_save_head(args: argparse.Namespace, ast, clips: dict[str, list[Clip]]) -> None:
     """Choose layers and pooling on val, fit the calibrated head, score the test split."""
     frames = int(ast.config.max_length)
-    choice = choose_embedding(ast, clips["train"], clips["val"], frames, print)
+    # every layer's pooled windows, once: the choice and the final head both cut from them
+    pools = {s: layer_pools(ast, clips[s], frames) for s in ("train", "val")}
+    choice = choose_embedding(ast.config.num_hidden_layers, pools, clips, print)
     layers, pooling = choice["chosen"]["layers"], choice["chosen"]["pooling"]
     backbone_name = f"{COMPACT_NAME}-{VERSION}"
-    tr = window_embeddings(ast, clips["train"], frames, layers, pooling)
-    va = window_embeddings(ast, clips["val"], frames, layers, pooling)
+    tr, va = ([select(p, layers, pooling) for p in pools[s]] for s in ("train", "val"))
     head = fit_head(
         tr,
         [c.label for c in clips["train"]],

@@ -103,6 +103,7 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
         seed=args.seed,
         validate_every=args.validate_every,
         device=args.device,
+        exclude_families=tuple(args.exclude_family),
     )
     frames = frames_for(settings.window_s)
     init = None
@@ -212,10 +213,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--corpus-note", default=None, help="How the training corpus differs from a build."
     )
+    parser.add_argument(
+        "--exclude-family",
+        action="append",
+        default=[],
+        help="Leave this synthetic family out of training, validation and pre-training (a "
+        "leave-one-family-out fold); repeatable. Implies --backbone-only.",
+    )
     args = parser.parse_args()
-    if args.head_for is not None and (args.backbone_only or args.pretrain_minutes):
+    if args.head_for is not None and (
+        args.backbone_only or args.pretrain_minutes or args.exclude_family
+    ):
         parser.error("--head-for fits a head on a trained backbone: no training options")
     return args
+
+
+def leave_out(clips: dict[str, list[Clip]], families: list[str]) -> dict[str, list[Clip]]:
+    """Every split without ``families``: a fold's backbone must never see them, not even
+    unlabelled in pre-training, or leave-one-family-out stops measuring unseen generators."""
+    unknown = set(families) - {c.family for split in clips.values() for c in split}
+    if unknown:
+        sys.exit(f"no clips of family {', '.join(sorted(unknown))} in the corpus to leave out")
+    return {s: [c for c in split if c.family not in families] for s, split in clips.items()}
 
 
 def main() -> None:
@@ -225,6 +244,9 @@ def main() -> None:
     rows = load_manifest(args.corpus)
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
+    if args.exclude_family:
+        clips = leave_out(clips, args.exclude_family)
+        args.backbone_only = True
     print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
     if not clips["test"] and not args.backbone_only:
         sys.exit(f"{args.corpus} has no test split to score a head on: use --backbone-only")

@@ -115,3 +115,25 @@ def test_a_head_names_its_backbone_by_a_path_that_works_from_anywhere(
     assert script.head_backbone_spec(Path("detectors/weights")) is None
     monkeypatch.chdir(tmp_path)
     assert script.head_backbone_spec(Path("heads")) == str(tmp_path / "heads" / "compact_ast")
+
+
+def test_a_fold_leaves_its_family_out_of_every_split():
+    script = _train_detector_script()
+    clips = {"train": _clips(8, 1.0, 0), "val": _clips(4, 1.0, 1)}
+    clips["train"][1] = Clip(clips["train"][1].features, 1, "world", "w", "w", {})
+    kept = script.leave_out(clips, ["world"])
+    assert len(kept["train"]) == 7 and len(kept["val"]) == 4
+    assert all(c.family != "world" for split in kept.values() for c in split)
+    with pytest.raises(SystemExit, match="wrold"):
+        script.leave_out(clips, ["wrold"])
+
+
+def test_the_benchmark_refuses_a_fold_backbone_that_saw_its_family(tmp_path: Path):
+    from benchmarks.detector import fold_backbone
+
+    ast = ASTModel(compact_config(max_length=frames_for(1.0)))
+    save_compact(ast, tmp_path / "lpc" / "compact_ast", {"training": {"exclude_families": []}})
+    with pytest.raises(SystemExit, match="'lpc' was left out"):
+        fold_backbone(tmp_path / "lpc", "lpc")
+    save_compact(ast, tmp_path / "lpc" / "compact_ast", {"training": {"exclude_families": ["lpc"]}})
+    assert isinstance(fold_backbone(tmp_path / "lpc", "lpc"), ASTModel)

@@ -194,6 +194,9 @@ def train_backbone(
     """
     from detectors.evaluation import score
 
+    leaked = {c.family for c in (*train, *val)} & set(settings.exclude_families)
+    if leaked:
+        raise ValueError(f"clips of left-out families {sorted(leaked)} reached training")
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     frames = frames_for(settings.window_s)

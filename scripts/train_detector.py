@@ -221,6 +221,10 @@ def parse_args() -> argparse.Namespace:
         "leave-one-family-out fold); repeatable. Implies --backbone-only.",
     )
     args = parser.parse_args()
+    if args.exclude_family:
+        if args.out.resolve() == WEIGHTS:
+            parser.error("a fold's backbone must not replace the shipped one: give --out DIR")
+        args.backbone_only = True
     if args.head_for is not None and (
         args.backbone_only or args.pretrain_minutes or args.exclude_family
     ):
@@ -231,9 +235,13 @@ def parse_args() -> argparse.Namespace:
 def leave_out(clips: dict[str, list[Clip]], families: list[str]) -> dict[str, list[Clip]]:
     """Every split without ``families``: a fold's backbone must never see them, not even
     unlabelled in pre-training, or leave-one-family-out stops measuring unseen generators."""
-    unknown = set(families) - {c.family for split in clips.values() for c in split}
+    synthetic = {c.family for split in clips.values() for c in split if c.label == 1}
+    unknown = set(families) - synthetic
     if unknown:
-        sys.exit(f"no clips of family {', '.join(sorted(unknown))} in the corpus to leave out")
+        sys.exit(
+            f"{', '.join(sorted(unknown))}: not a synthetic family of this corpus, so it cannot "
+            f"be left out (the families are {', '.join(sorted(synthetic))})"
+        )
     return {s: [c for c in split if c.family not in families] for s, split in clips.items()}
 
 
@@ -246,7 +254,6 @@ def main() -> None:
     clips = {s: load_clips(args.corpus, r) for s, r in splits.items()}
     if args.exclude_family:
         clips = leave_out(clips, args.exclude_family)
-        args.backbone_only = True
     print({s: len(c) for s, c in clips.items()}, f"loaded in {time.time() - started:.0f} s")
     if not clips["test"] and not args.backbone_only:
         sys.exit(f"{args.corpus} has no test split to score a head on: use --backbone-only")

@@ -117,23 +117,47 @@ def test_a_head_names_its_backbone_by_a_path_that_works_from_anywhere(
     assert script.head_backbone_spec(Path("heads")) == str(tmp_path / "heads" / "compact_ast")
 
 
-def test_a_fold_leaves_its_family_out_of_every_split():
+def test_a_fold_leaves_its_family_out_of_every_split(monkeypatch: pytest.MonkeyPatch):
     script = _train_detector_script()
     clips = {"train": _clips(8, 1.0, 0), "val": _clips(4, 1.0, 1)}
     clips["train"][1] = Clip(clips["train"][1].features, 1, "world", "w", "w", {})
     kept = script.leave_out(clips, ["world"])
     assert len(kept["train"]) == 7 and len(kept["val"]) == 4
     assert all(c.family != "world" for split in kept.values() for c in split)
-    with pytest.raises(SystemExit, match="wrold"):
+    with pytest.raises(SystemExit, match="wrold: not a synthetic family"):
         script.leave_out(clips, ["wrold"])
+    monkeypatch.setattr("sys.argv", ["train_detector.py", "--exclude-family", "world"])
+    with pytest.raises(SystemExit):  # the fold would overwrite the shipped backbone
+        script.parse_args()
+    with pytest.raises(ValueError, match="world"):
+        train_backbone(clips["train"], [], TrainSettings(max_steps=1, exclude_families=("world",)))
 
 
-def test_the_benchmark_refuses_a_fold_backbone_that_saw_its_family(tmp_path: Path):
-    from benchmarks.detector import fold_backbone
-
+def _fold(root: Path, family: str, excluded: list[str], seed: int = 0, minutes: float = 1.0):
     ast = ASTModel(compact_config(max_length=frames_for(1.0)))
-    save_compact(ast, tmp_path / "lpc" / "compact_ast", {"training": {"exclude_families": []}})
-    with pytest.raises(SystemExit, match="'lpc' was left out"):
-        fold_backbone(tmp_path / "lpc", "lpc")
-    save_compact(ast, tmp_path / "lpc" / "compact_ast", {"training": {"exclude_families": ["lpc"]}})
-    assert isinstance(fold_backbone(tmp_path / "lpc", "lpc"), ASTModel)
+    card = {
+        "training": {"exclude_families": excluded, "minutes": minutes, "steps": 5, "batch": 4},
+        "trained_on": {"recipe": {"version": 1, "seed": seed, "clips_per_source": 10}},
+    }
+    save_compact(ast, root / family / "compact_ast", card)
+
+
+def test_the_benchmark_takes_only_folds_that_left_out_their_family(tmp_path: Path):
+    from benchmarks.detector import load_folds
+
+    recipe = {"version": 1, "seed": 0, "clips_per_source": 10, "packages": {}}
+    _fold(tmp_path, "lpc", [])
+    with pytest.raises(SystemExit, match="exactly 'lpc' was left out"):
+        load_folds(tmp_path, ["lpc"], recipe)
+    _fold(tmp_path, "lpc", ["lpc"], seed=1)
+    with pytest.raises(SystemExit, match="not this one's"):
+        load_folds(tmp_path, ["lpc"], recipe)
+    _fold(tmp_path, "lpc", ["lpc"])
+    with pytest.raises(SystemExit, match="no fold backbone for 'world'"):
+        load_folds(tmp_path, ["lpc", "world"], recipe)
+    _fold(tmp_path, "world", ["world"], minutes=2.0)
+    with pytest.raises(SystemExit, match="same settings"):
+        load_folds(tmp_path, ["lpc", "world"], recipe)
+    _fold(tmp_path, "world", ["world"])
+    folds, text = load_folds(tmp_path, ["lpc", "world"], recipe)
+    assert set(folds) == {"lpc", "world"} and text.startswith("5–5 steps of batch 4 in 1 min")

@@ -80,11 +80,12 @@ def test_silence_gets_no_mark(backend):
 
 
 def test_noise_like_audio_is_retried_stronger(backend):
-    """A 5.7 s mud-slide noise does not verify at ~30 dB SNR; the retry spends a little more."""
+    """A 5.7 s mud-slide noise does not keep its mark at ~30 dB SNR; embed spends more, but
+    never more than ``MAX_EXTRA_DB`` above the base strength."""
     audio, rate = read_sample("sfx/etr_mud_slide.flac")
     result = backend.embed(audio, rate, "deadbeef")
     assert result.verification.payload == "deadbeef"
-    assert 25.0 < result.snr_db < 29.5
+    assert KeyedParams().band_snr_db - MAX_EXTRA_DB < result.snr_db < 29.5
 
 
 @pytest.mark.parametrize(
@@ -101,6 +102,20 @@ def test_mark_survives_white_noise_at_20_db(backend, clip):
         noisy, noisy_rate = edits.white_noise(result.audio, rate, 20.0, seed)
         found = backend.detect(noisy, noisy_rate)
         assert found.detected, (seed, found)
+
+
+def test_payload_reads_after_white_noise_at_20_db():
+    """The payload, not only the mark, must survive the noise embed plans for.
+
+    Before embed checked the coded bits under its stress noise, this tutorial voice under
+    this key was detected after every draw but read its payload back after one of four.
+    """
+    backend = KeyedBackend(bytes([42]) * 32)
+    audio, rate = read_sample("speech/warzone_tutorial_tut73.flac")
+    result = backend.embed(audio, rate, "c0ffee42")
+    for seed in range(4):
+        noisy, noisy_rate = edits.white_noise(result.audio, rate, 20.0, seed)
+        assert backend.detect(noisy, noisy_rate).payload == "c0ffee42", seed
 
 
 def test_only_the_stretch_that_needs_it_is_marked_stronger(backend):

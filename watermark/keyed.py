@@ -34,7 +34,8 @@ REINFORCE_TARGET = 2.0  # margin, in noise units, that every coded bit should re
 ROBUST_SCORE = 13.0  # clean score wanted in every 8 s window: room for a crop or a mix
 STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audio
 STRESS_NOISE_DB = 20.0
-MAX_EXTRA_DB = 8.0  # the strongest a weak host is marked, above the base strength
+PAYLOAD_SCORE = 0.8  # coded-bit margin (see _payload_margin) still wanted under that noise
+MAX_EXTRA_DB = 11.0  # the strongest a weak host is marked, above the base strength
 MAX_STEP_DB = 4.0
 MIN_STEP_DB = 2.0
 CROP_SECONDS = 3.0
@@ -274,12 +275,14 @@ class KeyedBackend:
         Most audio carries a mark with room for edits at the base strength. Sparse, tonal or
         noise-like stretches do not: their mark hides in frames and bins that a little noise
         fills, or that a crop keeps alone. So each plan is scored on the untouched grid in
-        every 8 s window the detector will judge, under fixed white noise (``STRESS_SCORE``)
-        and clean (``ROBUST_SCORE``), and clean in every mostly marked 3 s excerpt
-        (``CROP_SCORE``). The frames of a stretch short of its score are planned again as
-        much stronger as the shortfall says (scores grow about in proportion to the mark's
-        amplitude), up to ``MAX_EXTRA_DB``; a stretch that more strength no longer helps is
-        left as it is. Only the stretches that need it pay for it in SNR.
+        every 8 s window the detector will judge, under fixed white noise (``STRESS_SCORE``
+        for the sync, and ``PAYLOAD_SCORE`` for the coded bits: a mark found whose payload no
+        longer decodes proves nothing about where it came from) and clean (``ROBUST_SCORE``),
+        and clean in every mostly marked 3 s excerpt (``CROP_SCORE``). The frames of a
+        stretch short of its score are planned again as much stronger as the shortfall says
+        (scores grow about in proportion to the mark's amplitude), up to ``MAX_EXTRA_DB``;
+        a stretch that more strength no longer helps is left as it is. Only the stretches
+        that need it pay for it in SNR.
 
         Returns the plan, the mark it renders with ``signs``, and that mark's alignment over
         the whole stretch when one window covered it (so the caller need not measure again).
@@ -297,11 +300,16 @@ class KeyedBackend:
             margins: dict[tuple[int, int], float] = {}
             whole = None
             if not stress_passed:  # more strength only raises these scores
-                stressed, _ = self._stretch_scores(mono + part.mean(0) + noise, windows)
-                margins = {w: z / STRESS_SCORE for w, z in zip(windows, stressed, strict=True)}
+                stressed, _, payload = self._stretch_scores(
+                    mono + part.mean(0) + noise, windows, signs
+                )
+                margins = {
+                    w: min(z / STRESS_SCORE, q / PAYLOAD_SCORE)
+                    for w, z, q in zip(windows, stressed, payload, strict=True)
+                }
                 stress_passed = all(m >= 1.0 for m in margins.values())
             if stress_passed:  # clean scores are higher; they rarely ask for more
-                clean, whole = self._stretch_scores(mono + part.mean(0), windows + crops)
+                clean, whole, _ = self._stretch_scores(mono + part.mean(0), windows + crops)
                 targets = [ROBUST_SCORE] * len(windows) + [CROP_SCORE] * len(crops)
                 for stretch, z, target in zip(windows + crops, clean, targets, strict=True):
                     margins[stretch] = min(margins.get(stretch, math.inf), z / target)
@@ -346,8 +354,11 @@ class KeyedBackend:
         return windows, crops
 
     def _stretch_scores(
-        self, mono: torch.Tensor, stretches: list[tuple[int, int]]
-    ) -> tuple[list[float], dsp.Alignment | None]:
+        self,
+        mono: torch.Tensor,
+        stretches: list[tuple[int, int]],
+        signs: torch.Tensor | None = None,
+    ) -> tuple[list[float], dsp.Alignment | None, list[float]]:
         """Untouched-grid score of each stretch, and the alignment of the first when it spans
         all of ``mono``. Features are computed once and sliced: running sums over bins are
         per frame, so slicing them slices the stretch's own."""
@@ -363,7 +374,17 @@ class KeyedBackend:
             for start, end in stretches
         ]
         whole = found[0] if found and stretches[0] == (0, mono.shape[0]) else None
-        return [a.z for a in found], whole
+        payload = [] if signs is None else [self._payload_margin(a, signs) for a in found]
+        return [a.z for a in found], whole, payload
+
+    def _payload_margin(self, alignment: dsp.Alignment, signs: torch.Tensor) -> float:
+        """How clearly the coded bits read at ``alignment``: the mean of each bit's
+        correct-sign sum over the spread of those sums (a Q-function argument per bit)."""
+        data = ~self._pattern.sync
+        per_bit = torch.zeros(coding.CODED_BITS).index_add_(
+            0, self._pattern.bit_index[data], (alignment.cells * signs)[data]
+        )
+        return float(per_bit.mean() / per_bit.std().clamp(min=1e-12))
 
     def _quick_alignment(self, mono: torch.Tensor) -> dsp.Alignment:
         """The best alignment on the untouched grid (no stretch search)."""

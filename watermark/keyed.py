@@ -95,7 +95,7 @@ class KeyedBackend:
     # -- embedding -------------------------------------------------------------------------
 
     def embed(self, audio: torch.Tensor, sample_rate: int, payload: str | None) -> EmbedResult:
-        """Mark and verify; if the mark does not read back, mark again 4 and then 8 dB stronger.
+        """Mark and verify; if the mark does not read back, mark again 4, 8 and then 11 dB stronger.
 
         How strong each stretch is marked is chosen while embedding (see
         :meth:`_robust_plan`); this outer retry only catches marks that fail verification

@@ -39,6 +39,7 @@ def audit_report(
     policy: str,
     keys: tuple[str, ...],
     audit_log: str | None,
+    audit_signing_key: str | None,
     no_detector: bool,
     public_backends: tuple[str, ...],
     workers: int | None,
@@ -46,7 +47,7 @@ def audit_report(
     as_json: bool,
 ) -> None:
     """Scan folders (or files) and write an HTML report an auditor can hand on."""
-    guard = build_guard(policy, keys, audit_log, no_detector, public_backends)
+    guard = build_guard(policy, keys, audit_log, no_detector, public_backends, audit_signing_key)
     results = run_scan(paths, guard=guard, workers=workers, meta=meta, quiet=as_json)
     summary = report_summary(guard, results, paths, audit_log)
     write_report(report_path, results, summary)

@@ -99,6 +99,12 @@ def guard_options(command: Callable) -> Callable:
             help="Append every decision to this hash-chained JSONL log.",
         ),
         click.option(
+            "--audit-signing-key",
+            type=click.Path(dir_okay=False),
+            help="Ed25519 key from `audit keygen` that signs every record appended to "
+            "--audit-log, so an auditor with its public key can tell who wrote the log.",
+        ),
+        click.option(
             "--no-detector",
             is_flag=True,
             help="Skip the synthetic-voice detector (synthetic_probability is null).",
@@ -134,14 +140,18 @@ def build_guard(
     audit_log: str | None,
     no_detector: bool,
     public: Sequence[str],
+    audit_signing_key: str | None = None,
 ) -> Guard:
     """The Guard for these options; a setup problem becomes one sentence and exit 1."""
+    if audit_signing_key and not audit_log:
+        raise click.UsageError("--audit-signing-key signs the --audit-log: give --audit-log too")
     config = GuardConfig(
         policy=policy,
         keys=tuple(Path(k) for k in keys),
         use_detector=not no_detector,
         public_backends=tuple(public),
         audit_log=Path(audit_log) if audit_log else None,
+        audit_signing_key=Path(audit_signing_key) if audit_signing_key else None,
     )
     try:
         return Guard(config)
@@ -298,6 +308,7 @@ def scan(
     policy: str,
     keys: tuple[str, ...],
     audit_log: str | None,
+    audit_signing_key: str | None,
     no_detector: bool,
     public_backends: tuple[str, ...],
     workers: int | None,
@@ -312,7 +323,7 @@ def scan(
     screened and none at or above --fail-on; 1 an input could not be screened (or the scan
     could not start); 2 usage error; 3 a decision at or above --fail-on.
     """
-    guard = build_guard(policy, keys, audit_log, no_detector, public_backends)
+    guard = build_guard(policy, keys, audit_log, no_detector, public_backends, audit_signing_key)
 
     def emit(result: dict[str, Any]) -> None:
         if as_json:

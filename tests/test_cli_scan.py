@@ -201,3 +201,18 @@ def test_audit_log_records_every_decision_and_verifies(tmp_path, uploads):
     report = tmp_path / "scan.html"
     assert invoke("scan", *args, "--report", report).exit_code == 0
     assert head_hash(log) in report.read_text()
+
+
+def test_scan_signs_its_audit_log_with_the_key_given(tmp_path, uploads):
+    key, log = tmp_path / "audit.key", tmp_path / "signed.jsonl"
+    assert invoke("audit", "keygen", key).exit_code == 0
+    public = f"{key}.pub"
+    args = [uploads["folder"], "--audit-log", log, "--json", *FAST]
+    assert invoke("scan", *args, "--audit-signing-key", key).exit_code == 0
+    verified = invoke("audit", "verify", log, "--public-key", public)
+    assert verified.exit_code == 0 and "every record signed" in verified.output
+    unsigned = tmp_path / "unsigned.jsonl"
+    assert invoke("scan", uploads["folder"], "--audit-log", unsigned, *FAST).exit_code == 0
+    assert invoke("audit", "verify", unsigned, "--public-key", public).exit_code == 1
+    alone = invoke("scan", uploads["folder"], "--audit-signing-key", key, *FAST)
+    assert alone.exit_code == 2 and "give --audit-log too" in alone.output

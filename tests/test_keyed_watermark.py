@@ -118,6 +118,22 @@ def test_payload_reads_after_white_noise_at_20_db():
         assert backend.detect(noisy, noisy_rate).payload == "c0ffee42", seed
 
 
+def test_a_window_the_stress_noise_swamps_does_not_break_embed():
+    """Music then a quiet alarm clock: under the noise planned from the music's level, the
+    clock's window read a payload margin of zero or less, and embed died in math.log10."""
+    music, music_rate = read_sample("music/drascula_track6.flac")
+    clock, clock_rate = read_sample("sfx/freedesktop_alarm_clock.flac")
+    audio = torch.cat(
+        [
+            torchaudio.functional.resample(x.mean(0, keepdim=True), rate, 16000)
+            for x, rate in ((music, music_rate), (clock, clock_rate))
+        ],
+        dim=1,
+    )
+    result = KeyedBackend(bytes(32)).embed(audio, 16000, "deadbeef")
+    assert result.verification.payload == "deadbeef"
+
+
 def test_only_the_stretch_that_needs_it_is_marked_stronger(backend):
     """8 s of fragile music then 8 s of speech: the music's window is marked stronger, the
     speech keeps the strength it gets on its own (before, the whole chunk paid)."""

@@ -9,11 +9,13 @@ OpenAPI schema, and the review page in a real headless browser.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -452,9 +454,31 @@ class Page:
         return value
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Terminate a process started with ``start_new_session`` and every process in its group,
+    and return once none of them is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 @contextmanager
 def chromium_page() -> Iterator[Page]:
-    """Debian's chromium, headless, with a throwaway profile; stopped on exit."""
+    """Debian's chromium, headless, with a throwaway profile; stopped on exit.
+
+    Chromium's helper processes outlive a terminated browser for a moment and keep writing
+    into the profile, which once made removing it fail with "Directory not empty"; so the
+    browser gets its own process group, and the whole group is stopped and waited for.
+    """
     from websockets.sync.client import connect
 
     with tempfile.TemporaryDirectory(prefix="audioguard-chromium-") as profile:
@@ -472,6 +496,7 @@ def chromium_page() -> Iterator[Page]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -486,8 +511,7 @@ def chromium_page() -> Iterator[Page]:
             with connect(target["webSocketDebuggerUrl"], max_size=64 * MB) as ws:
                 yield Page(ws)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process_group(process)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")

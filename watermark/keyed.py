@@ -42,6 +42,7 @@ CROP_SECONDS = 3.0
 CROP_STEP_SECONDS = 1.5
 CROP_SCORE = 7.0  # score wanted in every 3 s excerpt that is mostly marked
 CROP_MARKED_SHARE = 0.75
+MIN_MARGIN = 1e-3  # margins are floored here before strength is planned from them
 COARSE_STEPS = 3  # the coarse search tries every third stretch of the fine grid
 
 
@@ -313,6 +314,9 @@ class KeyedBackend:
                 targets = [ROBUST_SCORE] * len(windows) + [CROP_SCORE] * len(crops)
                 for stretch, z, target in zip(windows + crops, clean, targets, strict=True):
                     margins[stretch] = min(margins.get(stretch, math.inf), z / target)
+            # A window the noise swamps scores zero or less: it gets one full step, and is
+            # given up if that does not lift it (a negative margin must not reach the log).
+            margins = {w: max(m, MIN_MARGIN) for w, m in margins.items()}
             demand = torch.zeros_like(extra)
             for (start, end), margin in margins.items():
                 if margin >= 1.0 or margin < 1.05 * previous.get((start, end), 0.0):

@@ -173,6 +173,7 @@ def load_folds(
             card.get("pretraining", {}).get("minutes"),
             card.get("machine"),
             card["trained_on"].get("note"),
+            card.get("transport"),
         )
 
     first = cards[families[0]]
@@ -189,9 +190,9 @@ def load_folds(
             f" after {pre['minutes']:g} min of masked-patch pre-training on the fold's own "
             "train and val audio"
         )
-    note = first["trained_on"].get("note")
+    notes = [first["trained_on"].get("note"), first.get("transport")]
     models = {f: load_compact(backbones / f / "compact_ast").model for f in families}
-    return models, text + (f" ({note})" if note else "")
+    return models, text + "".join(f" ({n})" for n in notes if n)
 
 
 def speed(detector, speech: torch.Tensor, runs: int = 5) -> dict[str, float]:

@@ -216,3 +216,7 @@ def test_scan_signs_its_audit_log_with_the_key_given(tmp_path, uploads):
     assert invoke("audit", "verify", unsigned, "--public-key", public).exit_code == 1
     alone = invoke("scan", uploads["folder"], "--audit-signing-key", key, *FAST)
     assert alone.exit_code == 2 and "give --audit-log too" in alone.output
+    for wrong, problem in ((public, "not a PEM private key"), (tmp_path / "none.key", "cannot")):
+        bad = invoke("scan", *args[:3], "--audit-signing-key", wrong, "--no-detector", *FAST)
+        assert bad.exit_code == 1 and problem in bad.output, bad.output
+        assert "Traceback" not in bad.output

@@ -249,7 +249,9 @@ class KeyedBackend:
         index = self._pattern.bit_index[data]
         expected = torch.from_numpy(2.0 * codeword - 1.0).float()
         boost = torch.ones(coding.CODED_BITS)
-        plan, part, alignment = self._robust_plan(low_rate, base, first_frame, params, noise_power)
+        plan, part, alignment = self._robust_plan(
+            low_rate, base, expected, first_frame, params, noise_power
+        )
         for _ in range(REINFORCE_ROUNDS):
             if alignment is None:
                 alignment = self._quick_alignment((low_rate + part).mean(0))
@@ -267,6 +269,7 @@ class KeyedBackend:
         self,
         low_rate: torch.Tensor,
         signs: torch.Tensor,
+        expected: torch.Tensor,
         first_frame: int,
         params: dsp.KeyedParams,
         noise_power: float,
@@ -302,7 +305,7 @@ class KeyedBackend:
             whole = None
             if not stress_passed:  # more strength only raises these scores
                 stressed, _, payload = self._stretch_scores(
-                    mono + part.mean(0) + noise, windows, signs
+                    mono + part.mean(0) + noise, windows, expected
                 )
                 margins = {
                     w: min(z / STRESS_SCORE, q / PAYLOAD_SCORE)
@@ -361,7 +364,7 @@ class KeyedBackend:
         self,
         mono: torch.Tensor,
         stretches: list[tuple[int, int]],
-        signs: torch.Tensor | None = None,
+        expected: torch.Tensor | None = None,
     ) -> tuple[list[float], dsp.Alignment | None, list[float]]:
         """Untouched-grid score of each stretch, and the alignment of the first when it spans
         all of ``mono``. Features are computed once and sliced: running sums over bins are
@@ -378,17 +381,18 @@ class KeyedBackend:
             for start, end in stretches
         ]
         whole = found[0] if found and stretches[0] == (0, mono.shape[0]) else None
-        payload = [] if signs is None else [self._payload_margin(a, signs) for a in found]
+        payload = [] if expected is None else [self._payload_margin(a, expected) for a in found]
         return [a.z for a in found], whole, payload
 
-    def _payload_margin(self, alignment: dsp.Alignment, signs: torch.Tensor) -> float:
+    def _payload_margin(self, alignment: dsp.Alignment, expected: torch.Tensor) -> float:
         """How clearly the coded bits read at ``alignment``: the mean of each bit's
         correct-sign sum over the spread of those sums (a Q-function argument per bit)."""
-        data = ~self._pattern.sync
-        per_bit = torch.zeros(coding.CODED_BITS).index_add_(
-            0, self._pattern.bit_index[data], (alignment.cells * signs)[data]
-        )
+        per_bit = self._correct_sign_sums(alignment, expected)
         return float(per_bit.mean() / per_bit.std().clamp(min=1e-12))
+
+    def _correct_sign_sums(self, alignment: dsp.Alignment, expected: torch.Tensor) -> torch.Tensor:
+        """Each coded bit's keyed sum over its cells, positive where it reads as ``expected``."""
+        return torch.from_numpy(dsp.soft_bits(alignment.cells, self._pattern)).float() * expected
 
     def _quick_alignment(self, mono: torch.Tensor) -> dsp.Alignment:
         """The best alignment on the untouched grid (no stretch search)."""
@@ -397,12 +401,11 @@ class KeyedBackend:
 
     def _bit_margins(self, alignment: dsp.Alignment, expected: torch.Tensor) -> torch.Tensor:
         """Each coded bit's correct-sign sum over its cells, in units of its own noise."""
-        soft = torch.from_numpy(dsp.soft_bits(alignment.cells, self._pattern)).float()
         data = ~self._pattern.sync
         energy = torch.zeros(coding.CODED_BITS).index_add_(
             0, self._pattern.bit_index[data], alignment.cells[data].square()
         )
-        return soft * expected / energy.clamp(min=1e-12).sqrt()
+        return self._correct_sign_sums(alignment, expected) / energy.clamp(min=1e-12).sqrt()
 
     # -- detection -------------------------------------------------------------------------
 

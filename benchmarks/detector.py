@@ -33,7 +33,7 @@ from transformers import ASTConfig, ASTModel
 from benchmarks.markdown import machine, write_section
 from detectors import SyntheticVoiceDetector, load_detector
 from detectors.backbone import SHIPPED_DIR, Backbone, load_compact
-from detectors.corpus import load_manifest
+from detectors.corpus import corpus_recipe, load_manifest
 from detectors.evaluation import Scores, breakdown, score
 from detectors.frontend import SAMPLE_RATE
 from detectors.training import (
@@ -163,7 +163,7 @@ def load_folds(
         if card.get("training", {}).get("exclude_families") != [family]:
             sys.exit(f"{path}: the card does not say that exactly {family!r} was left out")
         built_from = card.get("trained_on", {}).get("recipe")
-        if built_from != {k: recipe.get(k) for k in ("version", "seed", "clips_per_source")}:
+        if built_from != recipe:
             sys.exit(f"{path}: trained on a corpus of recipe {built_from}, not this one's")
         cards[family] = card
 
@@ -276,7 +276,7 @@ def main() -> None:
         s: load_clips(args.corpus, [r for r in rows if r["split"] == s])
         for s in ("train", "val", "test")
     }
-    recipe = json.loads((args.corpus / "corpus.json").read_text())["recipe"]
+    recipe = corpus_recipe(args.corpus)
     folds, fold_text = (
         load_folds(args.lofo_backbones, synthetic_families(clips), recipe)
         if args.lofo_backbones is not None

@@ -332,9 +332,10 @@ def started_from(init: Path | None) -> dict | None:
 def training_record(args, clips: dict, seconds: float) -> dict:
     """How the pair was trained. A ``--steps 0`` run only measured an ``--init`` pair, so its
     card keeps that pair's own record and says where and when it was measured again."""
-    if args.steps_done == 0 and started_from(args.init) is not None:
+    previous = started_from(args.init)
+    if args.steps_done == 0 and previous is not None:
         return {
-            **started_from(args.init),
+            **previous,
             "remeasured": f"held_out and calibration recomputed with --steps 0 on {args.corpus}, "
             f"{trainer(args.device)}",
         }
@@ -357,7 +358,7 @@ def training_record(args, clips: dict, seconds: float) -> dict:
             "gain x0.25-2",
         ],
         "seconds": round(seconds, 1),
-        "started_from": started_from(args.init),
+        "started_from": previous,
         "device": args.device,
         "machine": trainer(args.device),
         "torch": torch.__version__,
@@ -420,9 +421,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--null-draws", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.steps == 0 and not args.minutes and args.init is None:
+    if measure_only(args) and args.init is None:
         parser.error("--steps 0 measures an --init pair; name the pair to measure")
     return args
+
+
+def measure_only(args: argparse.Namespace) -> bool:
+    """``--steps 0`` without ``--minutes``: no training, only measure and calibrate ``--init``."""
+    return args.steps == 0 and not args.minutes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -430,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     clips = split_clips(build_clips(args.corpus))
     began = time.perf_counter()
-    if args.steps == 0 and not args.minutes:  # measure and calibrate the --init pair only
+    if measure_only(args):
         gen_model, det_model = (model.eval() for model in build_pair(args.init))
         args.steps_done = 0
     else:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.markdown import trainer  # noqa: E402
 from detectors.backbone import COMPACT_NAME, load_compact, save_compact, select  # noqa: E402
-from detectors.corpus import load_manifest  # noqa: E402
+from detectors.corpus import corpus_recipe, load_manifest  # noqa: E402
 from detectors.evaluation import breakdown, score  # noqa: E402
 from detectors.frontend import frames_for  # noqa: E402
 from detectors.pretraining import pretrain  # noqa: E402
@@ -83,10 +83,9 @@ def evaluate(head, ast, clips: list[Clip], frames: int) -> dict[str, object]:
 
 
 def corpus_card(corpus: Path, clips: dict[str, list[Clip]], note: str | None) -> dict:
-    recipe = json.loads((corpus / "corpus.json").read_text()).get("recipe", {})
     card = {
         "builder": "audioguard detectors build-corpus",
-        "recipe": {k: recipe.get(k) for k in ("version", "seed", "clips_per_source")},
+        "recipe": corpus_recipe(corpus),
         "clips": {s: len(c) for s, c in clips.items()},
         "families": sorted({c.family for c in clips["train"]}),
     }

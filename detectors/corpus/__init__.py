@@ -10,7 +10,13 @@ the corpus never uses.
 
 from detectors.corpus.build import build_corpus
 from detectors.corpus.independent import build_independent_eval
-from detectors.corpus.manifest import load_manifest
+from detectors.corpus.manifest import corpus_recipe, load_manifest
 from detectors.corpus.shortcut import shortcut_auc
 
-__all__ = ["build_corpus", "build_independent_eval", "load_manifest", "shortcut_auc"]
+__all__ = [
+    "build_corpus",
+    "corpus_recipe",
+    "build_independent_eval",
+    "load_manifest",
+    "shortcut_auc",
+]

@@ -36,3 +36,14 @@ def load_manifest(out_dir: Path) -> list[dict[str, object]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: build the corpus first")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+RECIPE_FIELDS = ("version", "seed", "clips_per_source")
+
+
+def corpus_recipe(out_dir: Path) -> dict[str, object]:
+    """The recipe fields of a build's ``corpus.json`` that a model card records, so a model
+    and a corpus can be checked to belong together (a GPU copy keeps them: see
+    ``scripts/pack_detector_corpus.py``)."""
+    recipe = json.loads((Path(out_dir) / "corpus.json").read_text()).get("recipe", {})
+    return {k: recipe.get(k) for k in RECIPE_FIELDS}

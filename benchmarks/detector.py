@@ -5,9 +5,11 @@
 - the shipped detector on the corpus's held-out test split (speakers and sources it never saw):
   EER and AUC overall, per synthetic family, per language and per speaker gender;
 - the same clips after MP3 at 64 kbit/s;
-- leave-one-family-out: the compact AST and head retrained from scratch without a family,
-  then tested on that family (the honest number for generators never seen);
+- leave-one-family-out: the compact AST and head retrained from scratch without a family
+  (festival and flite together: one engine), then tested on it (the honest number for
+  generators never seen);
 - the independent evaluation set (other packages, other generators), when it is built;
+- with ``--compare DIR``, other trainings (another seed) scored beside the shipped one;
 - a cepstral baseline (MFCC statistics + logistic regression) on the same splits;
 - speed on one core: the shipped compact AST and an MIT-size AST, in x real time.
 """
@@ -58,16 +60,23 @@ def waves(corpus: Path, clips: list[Clip]) -> list[torch.Tensor]:
     return out
 
 
-def detect_scores(detector: SyntheticVoiceDetector, audio: list[torch.Tensor]) -> list[float]:
+def detect_scores(
+    detector: SyntheticVoiceDetector,
+    audio: list[torch.Tensor],
+    abstained: list[bool] | None = None,
+) -> list[float]:
     """File probabilities through ``SyntheticVoiceDetector.predict``, the path users run.
 
     A clip in which the speech gate finds no speech gets 0.5: the detector abstains, and an
-    abstention must cost as much as a coin flip, not vanish from the count.
+    abstention must cost as much as a coin flip, not vanish from the count. Which clips
+    abstained is appended to ``abstained`` when given, so the tables can say how many.
     """
     scores = []
     for wave in audio:
         p = detector.predict(wave, SAMPLE_RATE).synthetic_probability
         scores.append(0.5 if p is None else p)
+        if abstained is not None:
+            abstained.append(p is None)
     return scores
 
 
@@ -106,9 +115,7 @@ def lofo(
     """
     results = {}
     for name, left_out in fold_groups(synthetic_families(clips)).items():
-        train = [c for c in clips["train"] if c.family not in left_out]
-        val = [c for c in clips["val"] if c.family not in left_out]
-        test = [c for c in clips["test"] if c.label == 0 or c.family in left_out]
+        train, val, test = fold_split(clips, left_out)
         if folds is None:
             settings = TrainSettings(minutes=minutes, exclude_families=left_out)
             ast, _ = train_backbone(train, val, settings, log=lambda _: None)
@@ -129,6 +136,17 @@ def lofo(
         results[name] = score([c.label for c in test], detect_scores(detector, waves(corpus, test)))
         print(f"LOFO {name}: {results[name].to_dict()}", flush=True)
     return results
+
+
+def fold_split(
+    clips: dict[str, list[Clip]], left_out: tuple[str, ...]
+) -> tuple[list[Clip], list[Clip], list[Clip]]:
+    """Train and val without the fold's families; test is those families against all real
+    test clips, so the fold scores only generators its training never heard."""
+    train = [c for c in clips["train"] if c.family not in left_out]
+    val = [c for c in clips["val"] if c.family not in left_out]
+    test = [c for c in clips["test"] if c.label == 0 or c.family in left_out]
+    return train, val, test
 
 
 def synthetic_families(clips: dict[str, list[Clip]]) -> list[str]:
@@ -165,6 +183,8 @@ def load_folds(
     false: each card must leave out exactly its families, name this corpus's recipe, and
     share the others' settings.
     """
+    if not groups:
+        sys.exit("the corpus has no synthetic family to leave out")
     cards = {}
     for name, left_out in groups.items():
         path = backbones / name / "compact_ast.json"
@@ -244,20 +264,36 @@ def head_val_eer(detector: SyntheticVoiceDetector) -> float:
     return float(detector.head.card["embedding_choice"]["chosen"]["eer"])
 
 
+def abstentions(clips: list[Clip], abstained: list[bool]) -> str:
+    """How many clips got no verdict, by source, for the text beside the tables."""
+    by_source: dict[str, int] = {}
+    for clip, none in zip(clips, abstained, strict=True):
+        if none:
+            by_source[clip.source] = by_source.get(clip.source, 0) + 1
+    where = ", ".join(f"{n} {source}" for source, n in sorted(by_source.items()))
+    return f"{sum(abstained)} of {len(clips)} test clips" + (f": {where}" if where else "")
+
+
 def compare_trainings(
     shipped: tuple[SyntheticVoiceDetector, Scores, Scores | None],
     folders: list[Path],
     test: tuple[list[int], list[torch.Tensor]],
     independent: tuple[list[int], list[torch.Tensor]] | None,
+    recipe: dict[str, object],
 ) -> list[str]:
     """The shipped detector (with the scores already measured) beside other trainings in
-    ``folders`` (another seed, another recipe), scored the same way: how far one training's
-    numbers move, and whether the val EER that picked the shipped one ranks the others as
-    held-out data does."""
-    lines = [
-        "| training | trained | val EER (chosen head) | test EER | independent set EER |",
-        "|---|---|---|---|---|",
-    ]
+    ``folders`` (another seed, another machine): how far one training's numbers move, and
+    whether the val EER that picked the shipped one ranks the others as held-out data does.
+
+    Each folder's card must name this corpus's recipe and leave no family out, or the row
+    would compare unlike things.
+    """
+    for folder in folders:  # every card first: a bad one must not cost a long scoring run
+        card = json.loads((folder / "compact_ast.json").read_text())
+        if card.get("trained_on", {}).get("recipe") != recipe:
+            sys.exit(f"{folder}: trained on another corpus recipe than this one's")
+        if card.get("training", {}).get("exclude_families"):
+            sys.exit(f"{folder}: a leave-one-family-out fold, not a whole training")
     rows = [("shipped", SHIPPED_DIR, *shipped)]
     for folder in folders:
         detector = load_detector(folder / "compact_ast_head.json", folder)
@@ -266,13 +302,23 @@ def compare_trainings(
             score(independent[0], detect_scores(detector, independent[1])) if independent else None
         )
         rows.append((folder.name, folder, detector, on_test, on_ind))
+    lowest = min(rows, key=lambda row: head_val_eer(row[2]))[0]
+    lines = [
+        f"Other trainings of the shipped recipe beside it. The val EER is the one the head's "
+        f"embedding was chosen by (fitted windows, not `predict`); it ranks `{lowest}` first. "
+        "The test and independent columns go through `predict` like every table above and "
+        "chose nothing.",
+        "",
+        "| training | trained | val EER at head fit | test EER | independent set EER |",
+        "|---|---|---|---|---|",
+    ]
     for name, folder, detector, on_test, on_ind in rows:
         card = json.loads((folder / "compact_ast.json").read_text())
-        training = card["training"]
-        ind = fmt(on_ind).split(" | ")[0] if on_ind else "–"
+        training, machine = card["training"], card.get("machine", "a CPU")
+        ind = fmt(on_ind).split(" | ")[0] if on_ind is not None else "–"
         lines.append(
-            f"| {name} (seed {training['seed']}) | {training['steps']} steps on "
-            f"{card.get('machine', 'a CPU')} | {100 * head_val_eer(detector):.1f}% | "
+            f"| {name} (seed {training['seed']}) | {training['steps']} steps in "
+            f"{training['minutes']:g} min on {machine} | {100 * head_val_eer(detector):.1f}% | "
             f"{fmt(on_test).split(' | ')[0]} | {ind} |"
         )
     return lines + [""]
@@ -348,7 +394,8 @@ def main() -> None:
     test = clips["test"]
     labels = [c.label for c in test]
     test_audio = waves(args.corpus, test)
-    scores = detect_scores(detector, test_audio)
+    abstained: list[bool] = []
+    scores = detect_scores(detector, test_audio, abstained)
     overall = {"test split": score(labels, scores)}
     mp3_scores = detect_scores(detector, transcoded(test_audio))
     overall["test split after MP3 64 kbit/s"] = score(labels, mp3_scores)
@@ -387,6 +434,7 @@ def main() -> None:
             args.compare,
             (labels, test_audio),
             ind_set,
+            recipe,
         )
         if args.compare
         else []
@@ -403,9 +451,9 @@ def main() -> None:
         f"({', '.join(f'{s} {len(c)}' for s, c in clips.items())} clips).  ",
         f"{shipped_training()}  ",
         "Every score goes through `SyntheticVoiceDetector.predict`, as `audioguard detect` runs "
-        "it; a clip where the speech gate hears no speech counts as 0.5. The MFCC baseline is "
-        "logistic regression on the means and standard deviations of 20 MFCCs and their "
-        "deltas, fitted on the train split.",
+        "it; a clip where the speech gate hears no speech counts as 0.5 "
+        f"({abstentions(test, abstained)}). The MFCC baseline is logistic regression on the "
+        "means and standard deviations of 20 MFCCs and their deltas, fitted on the train split.",
         "",
         *table("held-out data", overall),
         *table("test split, per synthetic family (vs all real)", families),
@@ -419,15 +467,20 @@ def main() -> None:
             if args.lofo_backbones is None
             else f"each backbone {fold_text}; heads fitted here"
         )
+        kindred = [
+            f"{' and '.join(k)} are left out together: flite is festival's C port and both "
+            "speak with the same recorded voice (kal), so a fold without only one of them would "
+            "still have heard the engine."
+            for k in KINDRED_FAMILIES
+            if "+".join(k) in left_out
+        ]
         lines += [
             "Leave-one-family-out: compact AST and head retrained from scratch without the "
-            f"family, {how}; tested on that family against all real test clips. festival and "
-            "flite are left out together: flite is festival's C port and both speak with the "
-            "same recorded voice (kal), so a fold without only one of them would still have "
-            "heard the engine.",
+            f"fold's families, {how}; tested on them against all real test clips. "
+            + " ".join(kindred),
             "",
         ]
-        lines += table("left-out family", left_out)
+        lines += table("left-out families", left_out)
     else:
         lines += ["Leave-one-family-out: not run by this command (`--skip-lofo`).", ""]
     if independent:
@@ -436,14 +489,7 @@ def main() -> None:
             "",
         ]
         lines += table("independent set", independent)
-    if compared:
-        lines += [
-            "Other trainings of the same recipe, scored the same way (the shipped one is the "
-            "training with the lowest val EER; the test and independent columns were not used "
-            "to choose):",
-            "",
-            *compared,
-        ]
+    lines += compared
     lines += [
         "| speed, one core | x real time |",
         "|---|---|",

@@ -17,7 +17,7 @@ import torch
 from detectors.backbone import Backbone, load_backbone, pool
 from detectors.frontend import SAMPLE_RATE, fbank, fit_frames, to_model_input
 from detectors.head import LogisticHead
-from detectors.speech import CHUNK, speech_fraction, speech_model
+from detectors.speech import chunk_span, speech_fraction, speech_model, speech_seconds
 from detectors.types import DetectorError, DetectorResult, SegmentScore
 
 SHIPPED_HEAD = Path(__file__).parent / "weights" / "compact_ast_head.json"
@@ -25,11 +25,11 @@ SILENCE_DBFS = -55.0
 MIN_SPEECH = 0.2
 """A window is judged when at least this share of it is speech (music, noise are not voices)."""
 MIN_SPEECH_SECONDS = 0.5
-"""A file with this much speech is judged even when no window reaches ``MIN_SPEECH``: its most
-voiced window is. Otherwise a short line, or a voice the VAD hears only in patches, would get
-no verdict, and a synthetic voice could slip past by speaking sparsely. Few of the watermark
-corpus's music and effect clips reach it (2 and 18 of 200 each, against 2 and 12 that a window
-already passes)."""
+"""A file that holds this much speech in its audible windows is judged even when no window
+reaches ``MIN_SPEECH``: its most voiced window is, if at least half ``MIN_SPEECH`` of it is
+speech. Otherwise two short words far apart get no verdict, and a synthetic voice could slip
+past unjudged by speaking in bursts; the second floor keeps a stray VAD blip in music or
+effects from being judged as a voice."""
 BATCH = 16
 
 
@@ -60,11 +60,11 @@ class SyntheticVoiceDetector:
     def predict(self, audio: torch.Tensor, sample_rate: int) -> DetectorResult:
         mono = to_model_input(audio, sample_rate)
         speech = speech_model()(mono)
-        speech_seconds = round(float((speech >= 0.5).sum()) * CHUNK / SAMPLE_RATE, 2)
+        spoken = round(speech_seconds(speech), 2)
         size = self.backbone.window_frames
         windows, spans = voiced_windows(mono, size, self.hop_fraction, speech)
         if not spans:
-            return DetectorResult(None, (), self.model_id, speech_seconds)
+            return DetectorResult(None, (), self.model_id, spoken)
         logits = self.head.logits(self.embed_windows(windows))
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         segments = tuple(
@@ -72,7 +72,7 @@ class SyntheticVoiceDetector:
             for (start, end), p in zip(spans, probabilities, strict=True)
         )
         file_probability = float(1.0 / (1.0 + math.exp(-float(np.mean(logits)))))
-        return DetectorResult(file_probability, segments, self.model_id, speech_seconds)
+        return DetectorResult(file_probability, segments, self.model_id, spoken)
 
 
 def voiced_windows(
@@ -85,9 +85,10 @@ def voiced_windows(
 
     Windows quieter than ``SILENCE_DBFS`` are dropped, and so, when ``speech`` (per-chunk
     speech probabilities from :mod:`detectors.speech`) is given, are windows with less than
-    ``MIN_SPEECH`` of speech, unless none has that much and the file holds
-    ``MIN_SPEECH_SECONDS`` of speech: then its most voiced window is kept. The spans say where
-    each kept window lies in seconds. Input shorter than 0.1 s gives no window at all.
+    ``MIN_SPEECH`` of speech, unless none has that much and the audible windows hold
+    ``MIN_SPEECH_SECONDS`` of speech: then the most voiced window is kept, if half
+    ``MIN_SPEECH`` of it is speech. The spans say where each kept window lies in seconds.
+    Input shorter than 0.1 s gives no window at all.
     """
     duration = mono.numel() / SAMPLE_RATE
     if mono.numel() < SAMPLE_RATE // 10:
@@ -97,6 +98,7 @@ def voiced_windows(
     count = 1 + max(0, math.ceil((features.shape[0] - size) / hop))
     chosen, spans = [], []
     best: tuple[float, int, float] | None = None  # most voiced audible window: share, start, end
+    audible = torch.zeros(0 if speech is None else speech.numel(), dtype=torch.bool)
     for i in range(count):
         start = i * hop
         end_s = min(duration, (start + size) / 100)
@@ -105,6 +107,7 @@ def voiced_windows(
         if 20 * math.log10(rms + 1e-12) < SILENCE_DBFS:
             continue
         if speech is not None:
+            audible[chunk_span(start / 100, end_s)] = True
             share = speech_fraction(speech, start / 100, end_s)
             if best is None or share > best[0]:
                 best = (share, start, end_s)
@@ -112,8 +115,12 @@ def voiced_windows(
                 continue
         chosen.append(fit_frames(features[start : start + size], size))
         spans.append((start / 100, end_s))
-    spoken = 0.0 if speech is None else float((speech >= 0.5).sum()) * CHUNK / SAMPLE_RATE
-    if not chosen and best is not None and spoken >= MIN_SPEECH_SECONDS:
+    if (
+        not chosen
+        and best is not None
+        and best[0] >= MIN_SPEECH / 2
+        and speech_seconds(speech[audible]) >= MIN_SPEECH_SECONDS
+    ):
         _, start, end_s = best
         chosen.append(fit_frames(features[start : start + size], size))
         spans.append((start / 100, end_s))

@@ -81,8 +81,18 @@ def speech_model() -> SileroVAD:
     return model.eval()
 
 
+def chunk_span(start_s: float, end_s: float) -> slice:
+    """The 32 ms chunks between two times (at least one)."""
+    first, last = int(start_s * 16000 // CHUNK), int(end_s * 16000 // CHUNK)
+    return slice(first, max(first + 1, last))
+
+
 def speech_fraction(chunk_probabilities: torch.Tensor, start_s: float, end_s: float) -> float:
     """Share of the 32 ms chunks between two times that the VAD calls speech (p >= 0.5)."""
-    first, last = int(start_s * 16000 // CHUNK), int(end_s * 16000 // CHUNK)
-    window = chunk_probabilities[first : max(first + 1, last)]
+    window = chunk_probabilities[chunk_span(start_s, end_s)]
     return float((window >= 0.5).float().mean()) if window.numel() else 0.0
+
+
+def speech_seconds(chunk_probabilities: torch.Tensor) -> float:
+    """Seconds of the chunks that the VAD calls speech (p >= 0.5)."""
+    return float((chunk_probabilities >= 0.5).sum()) * CHUNK / 16000

@@ -19,11 +19,11 @@ from conftest import read_sample
 
 from detectors import DetectorError, load_detector
 from detectors.backbone import load_backbone, pool, pool_all, select
-from detectors.detector import voiced_windows
+from detectors.detector import MIN_SPEECH, MIN_SPEECH_SECONDS, voiced_windows
 from detectors.evaluation import breakdown, equal_error_rate, score
 from detectors.frontend import FBANK_MEAN, FBANK_STD, SAMPLE_RATE, fbank, to_model_input
 from detectors.head import LogisticHead
-from detectors.speech import speech_fraction, speech_model
+from detectors.speech import CHUNK, speech_fraction, speech_model
 from guard.cli import cli
 
 
@@ -163,12 +163,53 @@ def test_sparse_speech_still_gets_a_verdict(detector):
     wave, rate = read_sample("speech/warzone_tutorial_tut73.flac")
     word = to_model_input(wave, rate)[SAMPLE_RATE : SAMPLE_RATE * 3 // 2]
     hush = torch.randn(SAMPLE_RATE * 4, generator=torch.Generator().manual_seed(0)) * 1e-3
-    clip = torch.cat([word, hush, word, hush[: SAMPLE_RATE * 2]])[None]
-    result = detector.predict(clip, SAMPLE_RATE)
-    assert result.speech_seconds >= 0.5
+    clip = torch.cat([word, hush, word, hush[: SAMPLE_RATE * 2]])
+    speech = speech_model()(clip)
+    shares = [speech_fraction(speech, t, min(t + 3.0, 7.0)) for t in (0.0, 1.5, 3.0, 4.5)]
+    assert max(shares) < MIN_SPEECH  # the case this test is about
+    result = detector.predict(clip[None], SAMPLE_RATE)
+    assert result.speech_seconds >= MIN_SPEECH_SECONDS
     assert result.synthetic_probability is not None and len(result.segments) == 1
     start, end = result.segments[0].start, result.segments[0].end
     assert start <= 0.5 or start <= 4.5 < 5.0 <= end  # a window that holds one of the words
+
+
+def _hand_made_speech(*runs: tuple[int, int], step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """9 s of loud noise, and VAD chunk probabilities that call ``runs`` of chunks speech (or
+    every ``step``-th chunk), so the gate's rules are tested without the VAD's own quirks."""
+    mono = torch.randn(SAMPLE_RATE * 9, generator=torch.Generator().manual_seed(0)) * 0.1
+    speech = torch.zeros(math.ceil(mono.numel() / CHUNK))
+    for first, last in runs:
+        speech[first:last] = 1.0
+    if step:
+        speech[::step] = 1.0
+    return mono, speech
+
+
+def test_the_most_voiced_window_is_judged_when_the_file_holds_enough_speech():
+    # 16 chunks (0.51 s) in window 0, 18 chunks (0.58 s) in windows 3 and 4: each is under a
+    # fifth of its window, together they are over half a second
+    mono, speech = _hand_made_speech((10, 26), (200, 218))
+    assert voiced_windows(mono, 300, speech=speech)[1] == [(4.5, 7.5)]
+    # every window is kept, as before, without a VAD
+    assert len(voiced_windows(mono, 300)[1]) == 5
+
+
+def test_too_little_or_too_scattered_speech_gets_no_window():
+    mono, speech = _hand_made_speech((200, 212))  # 0.38 s: under MIN_SPEECH_SECONDS
+    assert voiced_windows(mono, 300, speech=speech)[1] == []
+    mono, speech = _hand_made_speech(step=12)  # 0.75 s of blips, none a tenth of a window
+    assert voiced_windows(mono, 300, speech=speech)[1] == []
+
+
+def test_speech_in_silent_stretches_does_not_count():
+    """The first 3 s are digital silence whose chunks the VAD (wrongly) calls speech; only the
+    0.45 s of them that reach into an audible window may count, which is too little."""
+    mono, speech = _hand_made_speech((10, 60))
+    mono[: SAMPLE_RATE * 3] = 0.0
+    assert voiced_windows(mono, 300, speech=speech)[1] == []
+    mono, speech = _hand_made_speech((10, 60))
+    assert voiced_windows(mono, 300, speech=speech)[1] == [(0.0, 3.0)]
 
 
 @pytest.mark.parametrize("name", ["music/drascula_track6.flac", "sfx/freedesktop_alarm_clock.flac"])

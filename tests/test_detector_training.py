@@ -185,3 +185,42 @@ def test_festival_and_flite_are_left_out_together(tmp_path: Path):
     _fold(tmp_path, "festival+flite", ["flite", "festival"])
     folds, _ = load_folds(tmp_path, {"festival+flite": ("festival", "flite")}, recipe)
     assert set(folds) == {"festival+flite"}
+
+
+def _family_clips() -> dict[str, list[Clip]]:
+    """Two clips per split and family: enough to see who lands where."""
+    families = [("real", 0), ("festival", 1), ("flite", 1), ("lpc", 1)]
+    features = torch.zeros(frames_for(1.0), 128).half()
+    return {
+        split: [Clip(features, label, family, family, family, {}) for family, label in families]
+        for split in ("train", "val", "test")
+    }
+
+
+def test_a_fold_trains_without_its_families_and_tests_only_on_them():
+    from benchmarks.detector import fold_split
+
+    train, val, test = fold_split(_family_clips(), ("festival", "flite"))
+    assert {c.family for c in train} == {c.family for c in val} == {"real", "lpc"}
+    assert {c.family for c in test} == {"real", "festival", "flite"}
+
+
+def test_compared_trainings_must_be_whole_trainings_of_this_corpus(tmp_path: Path):
+    from benchmarks.detector import compare_trainings
+
+    recipe = {"version": 1, "seed": 0, "clips_per_source": 10}
+    _fold(tmp_path, "other-corpus", [], seed=1)
+    _fold(tmp_path, "a-fold", ["lpc"])
+    args = (None, ([], []), None, recipe)
+    with pytest.raises(SystemExit, match="another corpus recipe"):
+        compare_trainings(args[0], [tmp_path / "other-corpus"], *args[1:])
+    with pytest.raises(SystemExit, match="a leave-one-family-out fold"):
+        compare_trainings(args[0], [tmp_path / "a-fold"], *args[1:])
+
+
+def test_abstentions_are_counted_by_source():
+    from benchmarks.detector import abstentions
+
+    clips = _family_clips()["test"]
+    assert abstentions(clips, [False, True, False, True]) == "2 of 4 test clips: 1 festival, 1 lpc"
+    assert abstentions(clips, [False] * 4) == "0 of 4 test clips"

@@ -304,8 +304,10 @@ def compare_trainings(
         rows.append((folder.name, folder, detector, on_test, on_ind))
     lowest = min(rows, key=lambda row: head_val_eer(row[2]))[0]
     lines = [
-        f"Other trainings of the shipped recipe beside it. The val EER is the one the head's "
-        f"embedding was chosen by (fitted windows, not `predict`); it ranks `{lowest}` first. "
+        "Other trainings on the same corpus beside the shipped one (another seed, or another "
+        "length: the second column says how each was trained). The val EER is the one the "
+        f"head's embedding was chosen by (fitted windows, not `predict`); it ranks `{lowest}` "
+        "first. "
         "The test and independent columns go through `predict` like every table above and "
         "chose nothing.",
         "",
@@ -316,9 +318,11 @@ def compare_trainings(
         card = json.loads((folder / "compact_ast.json").read_text())
         training, machine = card["training"], card.get("machine", "a CPU")
         ind = fmt(on_ind).split(" | ")[0] if on_ind is not None else "–"
+        pre = card.get("pretraining", {}).get("minutes")
         lines.append(
-            f"| {name} (seed {training['seed']}) | {training['steps']} steps in "
-            f"{training['minutes']:g} min on {machine} | {100 * head_val_eer(detector):.1f}% | "
+            f"| {name} (seed {training['seed']}) | {f'{pre:g} min pre-training, ' if pre else ''}"
+            f"{training['steps']} steps in {training['minutes']:g} min on {machine} | "
+            f"{100 * head_val_eer(detector):.1f}% | "
             f"{fmt(on_test).split(' | ')[0]} | {ind} |"
         )
     return lines + [""]

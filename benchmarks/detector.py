@@ -168,6 +168,16 @@ def fold_groups(families: list[str]) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def checked_card(folder: Path, recipe: dict[str, object]) -> dict:
+    """A training's backbone card, refused unless it was built from this corpus's recipe:
+    a model from another build would be scored on clips it may have trained on."""
+    card = json.loads((folder / "compact_ast.json").read_text())
+    built_from = card.get("trained_on", {}).get("recipe")
+    if built_from != recipe:
+        sys.exit(f"{folder}: trained on another corpus recipe ({built_from}), not this one's")
+    return card
+
+
 FOLD_SETTINGS = ("minutes", "batch", "lr", "window_s", "adversarial_weight", "device")
 
 
@@ -194,12 +204,9 @@ def load_folds(
                 f"{path.parent}: no fold backbone for {name!r}; train one with "
                 f"scripts/train_detector.py {flags} --out {path.parent}"
             )
-        card = json.loads(path.read_text())
+        card = checked_card(path.parent, recipe)
         if sorted(card.get("training", {}).get("exclude_families") or []) != sorted(left_out):
             sys.exit(f"{path}: the card does not say that exactly {name!r} was left out")
-        built_from = card.get("trained_on", {}).get("recipe")
-        if built_from != recipe:
-            sys.exit(f"{path}: trained on a corpus of recipe {built_from}, not this one's")
         cards[name] = card
 
     def shared(card: dict) -> tuple:
@@ -288,12 +295,11 @@ def compare_trainings(
     Each folder's card must name this corpus's recipe and leave no family out, or the row
     would compare unlike things.
     """
-    for folder in folders:  # every card first: a bad one must not cost a long scoring run
-        card = json.loads((folder / "compact_ast.json").read_text())
-        if card.get("trained_on", {}).get("recipe") != recipe:
-            sys.exit(f"{folder}: trained on another corpus recipe than this one's")
+    cards = {folder: checked_card(folder, recipe) for folder in folders}  # before any scoring
+    for folder, card in cards.items():
         if card.get("training", {}).get("exclude_families"):
             sys.exit(f"{folder}: a leave-one-family-out fold, not a whole training")
+    cards[SHIPPED_DIR] = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())
     rows = [("shipped", SHIPPED_DIR, *shipped)]
     for folder in folders:
         detector = load_detector(folder / "compact_ast_head.json", folder)
@@ -315,7 +321,7 @@ def compare_trainings(
         "|---|---|---|---|---|",
     ]
     for name, folder, detector, on_test, on_ind in rows:
-        card = json.loads((folder / "compact_ast.json").read_text())
+        card = cards[folder]
         training, machine = card["training"], card.get("machine", "a CPU")
         ind = fmt(on_ind).split(" | ")[0] if on_ind is not None else "–"
         pre = card.get("pretraining", {}).get("minutes")

@@ -319,6 +319,15 @@ def test_independent_set_shares_no_source_or_voice_with_the_corpus():
     assert not voices & {name for _, name, _, _ in independent.VOICE_PACKAGES.values()}
 
 
+def test_the_russian_festival_voice_is_given_no_latin_letters():
+    # festival's Russian letter-to-sound rules stop on "www.asterisk.org", on a leading "..."
+    # and on "теста.Чтобы", and the whole build fails with them
+    ru = ["Нажмите 1", "Сайт www.asterisk.org", "... для ...", "теста.Чтобы выйти", "..."]
+    pools = independent.voice_texts({"en": ["Press 1"], "ru": ru})
+    assert {pools["ru", style] for style in STYLES} == {("Нажмите 1", "для", "теста. Чтобы выйти")}
+    assert pools["en", "dialog"] == ("Press 1",)
+
+
 def test_espeak_voices_are_split_once_and_gendered():
     espeak = [v for v in VOICES if v.engine == "espeak-ng"]
     assert len({v.name for v in espeak}) == len(espeak)

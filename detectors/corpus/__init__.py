@@ -1,9 +1,10 @@
 """The synthetic-voice detector's training corpus, built from Debian packages alone.
 
-``build_corpus(OUT)`` writes real speech from the packages in `sources.REAL_SOURCES` and
-synthetic speech from espeak-ng, flite, festival and vocoder re-synthesis of the real clips,
-all through the same neutralising channel; ``load_manifest(OUT)`` reads it back, and
-``shortcut_auc(OUT)`` checks that trivial statistics cannot tell the classes apart.
+``build_corpus(OUT)`` writes real speech from the packages in `sources.REAL_SOURCES` (only the
+files in which a VAD hears speech: `heard_speech`) and synthetic speech from espeak-ng, flite,
+festival and vocoder re-synthesis of the real clips, all through the same neutralising
+channel; ``load_manifest(OUT)`` reads it back, and ``shortcut_auc(OUT)`` checks that trivial
+statistics cannot tell the classes apart.
 ``build_independent_eval(OUT)`` makes a small evaluation set from speech and generators that
 the corpus never uses.
 """

@@ -33,7 +33,7 @@ from detectors.corpus.sources import discover_speakers, fetch_real
 from detectors.corpus.synth import VOICES
 from detectors.corpus.texts import TEXT_PATTERNS, fetch_texts, text_pools
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 """Bump when anything that changes the audio changes, so an old build is not reused."""
 DEFAULT_CLIPS_PER_SOURCE = 120
 """13 real packages -> about 1500 real clips, and as many synthetic: about 3000 clips of 2-6 s."""
@@ -174,7 +174,7 @@ def build_corpus(
     recipe = make_recipe(RECIPE_VERSION, seed, per_source, versions)
     if finished(out_dir, recipe):
         return manifest_path(out_dir)
-    speakers = discover_speakers(cache)
+    speakers = discover_speakers(cache, workers)
     plans = plan_corpus(
         speakers, list(VOICES), text_pools(cache), seed=seed, clips_per_source=per_source
     )

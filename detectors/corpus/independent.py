@@ -11,6 +11,7 @@ Clips get the same channel neutralisation as the corpus, and the same augmentati
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from functools import partial
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from detectors.corpus.build import copy_licenses, finished, make_recipe, render_all, write_build
 from detectors.corpus.debian import fetch_package, matches
+from detectors.corpus.heard_speech import CACHE_NAME, speech_files
 from detectors.corpus.manifest import manifest_path
 from detectors.corpus.plan import plan_corpus
 from detectors.corpus.render import render
@@ -25,7 +27,7 @@ from detectors.corpus.sources import COPYRIGHT, Recording, Speaker, estimate_gen
 from detectors.corpus.synth import Voice
 from detectors.corpus.texts import STYLES, fetch_texts, prompt_texts
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SPLIT = "eval"
 DEFAULT_CLIPS_PER_SOURCE = 60
 
@@ -40,6 +42,7 @@ NOT_SPEECH = (
     "*/Singer/*",  # sung
     *(f"*/{grunt}*" for grunt in ("Firepunch", "Jump", "Laugh", "Ooff", "Ow", "Poison", "Hmm")),
 )
+_LATIN = re.compile(r"[A-Za-z]")
 _HEDGEHOG_LANGUAGES = {"Default_es": "es", "Default_pl": "pl", "Default_uk": "uk"}
 _HEDGEHOG_LANGUAGES |= dict.fromkeys(("Default_ru", "Russian", "Russian_pl"), "ru")
 
@@ -58,19 +61,38 @@ def _speaker_key(package: str, rel: str) -> tuple[str, str] | None:
     return f"{package}:{parts[-2] if parts[-2] == 'tutorial' else 'messages'}", "en"
 
 
-def _speakers(cache: Path) -> list[Speaker]:
-    found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
+def _speakers(cache: Path, workers: int) -> list[Speaker]:
+    candidates: list[tuple[tuple[str, str, str], Path]] = []
     for package, patterns in REAL_PACKAGES.items():
         root = cache / package
         for path in sorted(root.rglob("*.ogg")):
             rel = path.relative_to(root).as_posix()
             key = _speaker_key(package, rel) if matches(rel, patterns, NOT_SPEECH) else None
             if key:
-                found[(package, *key)].append(recording(path))
+                candidates.append(((package, *key), path))
+    heard = speech_files([path for _, path in candidates], cache / CACHE_NAME, workers)
+    found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
+    for who, path in candidates:
+        if path in heard:
+            found[who].append(recording(path))
     return [
         Speaker(speaker, package, SPLIT, lang, estimate_gender(tuple(recs)), "prompt", tuple(recs))
         for (package, speaker, lang), recs in sorted(found.items())
     ]
+
+
+def voice_texts(prompts: dict[str, list[str]]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(language, style) -> what the two festival voices read: the asterisk prompts, every
+    style alike. The Russian voice's letter-to-sound rules stop festival on a token with no
+    letters it knows, so its lines lose ellipses and get a space after every full stop
+    ("теста.Чтобы"), and lines with Latin letters ("www.asterisk.org") are left out."""
+    spaced = (re.sub(r"\.(?=\S)", ". ", re.sub(r"\.{2,}|…", " ", t)) for t in prompts["ru"])
+    russian = tuple(" ".join(t.split()) for t in spaced if t.strip(" .") and not _LATIN.search(t))
+    return {
+        (lang, style): russian if lang == "ru" else tuple(prompts[lang])
+        for lang in ("en", "ru")
+        for style in STYLES
+    }
 
 
 def _voices(cache: Path) -> list[Voice]:
@@ -118,9 +140,8 @@ def build_independent_eval(
     recipe = make_recipe(RECIPE_VERSION, seed, per_source, versions)
     if finished(out_dir, recipe):
         return manifest_path(out_dir)
-    prompts = prompt_texts(cache)
-    pools = {(lang, style): tuple(prompts[lang]) for lang in ("en", "ru") for style in STYLES}
-    speakers = _speakers(cache)
+    pools = voice_texts(prompt_texts(cache))
+    speakers = _speakers(cache, workers)
     plans = plan_corpus(
         speakers, _voices(cache), pools, seed=seed, clips_per_source=per_source, resynth_share=0.0
     )

@@ -23,6 +23,7 @@ import soundfile as sf
 
 from detectors.corpus.audio_files import read_mono
 from detectors.corpus.debian import fetch_package, matches
+from detectors.corpus.heard_speech import CACHE_NAME, speech_files
 
 LANGUAGES = ("en", "es", "fr", "it", "ru", "cs", "nl", "de")
 """Languages with real speech here and an espeak-ng voice; other languages' files are left out."""
@@ -177,19 +178,28 @@ def estimate_gender(recordings: tuple[Recording, ...]) -> str:
     return "male" if median < 165 else "female" if median <= 280 else "unknown"
 
 
-def discover_speakers(cache_dir: Path) -> list[Speaker]:
-    """Every speaker of every real source (already fetched), sorted by id."""
-    speakers = []
+def discover_speakers(cache_dir: Path, workers: int = 2) -> list[Speaker]:
+    """Every speaker of every real source (already fetched), sorted by id.
+
+    Only files in which the VAD hears speech count (`heard_speech`); a speaker left with
+    none is dropped.
+    """
+    candidates: list[tuple[RealSource, tuple[str, str, str], Path]] = []
     for source in REAL_SOURCES:
         root = cache_dir / source.package
-        found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()
             if not path.is_file() or not matches(rel, source.patterns, NOT_SPEECH):
                 continue
             who = _who(source, rel)
             if who:
-                found[who].append(recording(path))
+                candidates.append((source, who, path))
+    heard = speech_files([path for *_, path in candidates], cache_dir / CACHE_NAME, workers)
+    speakers = []
+    for source in REAL_SOURCES:
+        found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
+        for _, who, path in (c for c in candidates if c[0] == source and c[2] in heard):
+            found[who].append(recording(path))
         for (speaker_id, language, gender), recordings in sorted(found.items()):
             recs = tuple(recordings)
             speakers.append(

@@ -328,14 +328,21 @@ def compare_trainings(
         lines.append(
             f"| {name} (seed {training['seed']}) | {f'{pre:g} min pre-training, ' if pre else ''}"
             f"{training['steps']} steps in {training['minutes']:g} min on {machine} | "
-            f"{100 * head_val_eer(detector):.1f}% | "
+            f"{100 * head_val_eer(detector):.1f}%{other_build(card, recipe)} | "
             f"{fmt(on_test).split(' | ')[0]} | {ind} |"
         )
     return lines + [""]
 
 
-def shipped_training() -> str:
-    """How the shipped backbone was trained, from its card, so a table names its recipe."""
+def other_build(card: dict, recipe: dict[str, object]) -> str:
+    """ " (recipe-N build's val)" where a training's val split was another build's than ours."""
+    built_from = card["trained_on"].get("recipe", {})
+    return "" if built_from == recipe else f" (recipe-{built_from.get('version')} build's val)"
+
+
+def shipped_training(recipe: dict[str, object]) -> str:
+    """How the shipped backbone was trained, from its card, so a table names its recipe, and
+    whether that was another build of the corpus than the one scored here."""
     card = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())
     training, pre = card["training"], card.get("pretraining", {})
     text = (
@@ -345,7 +352,16 @@ def shipped_training() -> str:
     if pre.get("minutes"):
         text += f", after {pre['minutes']:g} min of {pre['method']}"
     note = card["trained_on"].get("note")
-    return text + (f". {note}." if note else ".")
+    text += f". {note}." if note else "."
+    built_from = card["trained_on"].get("recipe", {})
+    if built_from != recipe:
+        text += (
+            f" It was trained on the recipe-{built_from.get('version')} build, not this one "
+            f"(recipe {recipe['version']}); every recipe puts the same packages in the test "
+            "split (`sources.REAL_SOURCES` fixes each package's split), so it never heard a "
+            "test source."
+        )
+    return text
 
 
 def fmt(s: Scores | dict) -> str:
@@ -459,7 +475,7 @@ def main() -> None:
         f"Model: `{detector.model_id}`; corpus `{args.corpus}` (recipe "
         f"{recipe['version']}) "
         f"({', '.join(f'{s} {len(c)}' for s, c in clips.items())} clips).  ",
-        f"{shipped_training()}  ",
+        f"{shipped_training(recipe)}  ",
         "Every score goes through `SyntheticVoiceDetector.predict`, as `audioguard detect` runs "
         "it; a clip where the speech gate hears no speech counts as 0.5 "
         f"({abstentions(test, abstained)}). The MFCC baseline is logistic regression on the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,14 @@ import torch
 from transformers import ASTModel
 
 from detectors import evaluation
-from detectors.backbone import compact_config, layer_outputs, load_compact, save_compact, v4_layout
+from detectors.backbone import (
+    SHIPPED_DIR,
+    compact_config,
+    layer_outputs,
+    load_compact,
+    save_compact,
+    v4_layout,
+)
 from detectors.evaluation import Scores
 from detectors.frontend import frames_for
 from detectors.pretraining import pretrain
@@ -224,3 +232,16 @@ def test_abstentions_are_counted_by_source():
     clips = _family_clips()["test"]
     assert abstentions(clips, [False, True, False, True]) == "2 of 4 test clips: 1 festival, 1 lpc"
     assert abstentions(clips, [False] * 4) == "0 of 4 test clips"
+
+
+def test_a_training_from_another_build_is_named_as_such():
+    from benchmarks.detector import other_build, shipped_training
+
+    card = {"trained_on": {"recipe": {"version": 1, "seed": 0, "clips_per_source": 120}}}
+    same = {"version": 1, "seed": 0, "clips_per_source": 120}
+    newer = {**same, "version": 3}
+    assert other_build(card, same) == ""
+    assert other_build(card, newer) == " (recipe-1 build's val)"
+    shipped = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())["trained_on"]["recipe"]
+    assert "not this one" not in shipped_training(shipped)
+    assert "not this one (recipe 99)" in shipped_training({**shipped, "version": 99})

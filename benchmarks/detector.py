@@ -308,14 +308,24 @@ def compare_trainings(
             score(independent[0], detect_scores(detector, independent[1])) if independent else None
         )
         rows.append((folder.name, folder, detector, on_test, on_ind))
-    lowest = min(rows, key=lambda row: head_val_eer(row[2]))[0]
+    this_build = [row for row in rows if not other_build(cards[row[1]], recipe)]
+    ranking = (
+        f"among the trainings of this build it ranks "
+        f"`{min(this_build, key=lambda row: head_val_eer(row[2]))[0]}` first"
+        if this_build
+        else "no training here was fitted on this build"
+    )
+    elsewhere = [row[0] for row in rows if row not in this_build]
+    if elsewhere:
+        ranking += (
+            f" ({', '.join(elsewhere)} came from another build, whose val split holds the same "
+            "speakers and sources but other clips, so its val EER does not rank against these)"
+        )
     lines = [
-        "Other trainings on the same corpus beside the shipped one (another seed, or another "
-        "length: the second column says how each was trained). The val EER is the one the "
-        f"head's embedding was chosen by (fitted windows, not `predict`); it ranks `{lowest}` "
-        "first. "
-        "The test and independent columns go through `predict` like every table above and "
-        "chose nothing.",
+        "Other trainings beside the shipped one (another seed, or another length: the second "
+        "column says how each was trained). The val EER is the one the head's embedding was "
+        f"chosen by (fitted windows, not `predict`); {ranking}. The test and independent "
+        "columns go through `predict` like every table above and chose nothing.",
         "",
         "| training | trained | val EER at head fit | test EER | independent set EER |",
         "|---|---|---|---|---|",
@@ -335,8 +345,8 @@ def compare_trainings(
 
 
 def other_build(card: dict, recipe: dict[str, object]) -> str:
-    """ " (recipe-N build's val)" where a training's val split was another build's than ours."""
-    built_from = card["trained_on"].get("recipe", {})
+    """A note for a training whose val split came from another build than the one scored."""
+    built_from = card.get("trained_on", {}).get("recipe", {})
     return "" if built_from == recipe else f" (recipe-{built_from.get('version')} build's val)"
 
 
@@ -353,13 +363,12 @@ def shipped_training(recipe: dict[str, object]) -> str:
         text += f", after {pre['minutes']:g} min of {pre['method']}"
     note = card["trained_on"].get("note")
     text += f". {note}." if note else "."
-    built_from = card["trained_on"].get("recipe", {})
-    if built_from != recipe:
+    if other_build(card, recipe):
         text += (
-            f" It was trained on the recipe-{built_from.get('version')} build, not this one "
-            f"(recipe {recipe['version']}); every recipe puts the same packages in the test "
-            "split (`sources.REAL_SOURCES` fixes each package's split), so it never heard a "
-            "test source."
+            f" It was trained on the recipe-{card['trained_on']['recipe'].get('version')} build, "
+            f"not this one (recipe {recipe['version']}); recipes 1 to 3 put the same packages in "
+            "the test split (`sources.REAL_SOURCES` fixes each package's split), so it never "
+            "heard a test source."
         )
     return text
 

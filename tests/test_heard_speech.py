@@ -11,8 +11,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
+from detectors.corpus import heard_speech
 from detectors.corpus.heard_speech import CACHE_NAME, MIN_HEARD_SPEECH_S, speech_files
 from detectors.corpus.sources import discover_speakers
 
@@ -42,11 +44,11 @@ def _game_package(root: Path) -> dict[str, Path]:
 
 def test_effects_music_and_empty_files_are_not_real_speech(tmp_path):
     files = _game_package(tmp_path)
-    speakers = discover_speakers(tmp_path, workers=1)
+    speakers = discover_speakers(tmp_path, workers=2)
     used = {r.path for s in speakers for r in s.recordings}
     assert used == {files["speech"]}
     cached = json.loads((tmp_path / CACHE_NAME).read_text())
-    heard = {Path(k.rsplit(":", 1)[0]).stem: v for k, v in cached.items()}
+    heard = {Path(k.split(":")[0]).stem: v for k, v in cached.items()}
     assert heard["mik-x-speech"] >= 1.0
     assert heard["mik-x-alarm"] < MIN_HEARD_SPEECH_S
     assert heard["mik-x-music"] < MIN_HEARD_SPEECH_S
@@ -66,3 +68,25 @@ def test_measured_seconds_are_reused_and_a_changed_file_is_measured_again(tmp_pa
     shutil.copy(files["speech"], files["alarm"])  # new content and size: measured afresh
     assert speech_files(paths, cache, workers=1) == {files["speech"], files["alarm"]}
     assert len(json.loads(cache.read_text())) == len(paths) + 1
+
+
+def test_a_moved_cache_is_still_used(tmp_path, monkeypatch):
+    files = _game_package(tmp_path / "here")
+    speech_files(sorted(files.values()), tmp_path / "here" / CACHE_NAME, workers=1)
+    shutil.copytree(tmp_path / "here", tmp_path / "there")  # copy2 keeps the files' times
+    moved = sorted((tmp_path / "there" / LEVEL).iterdir())
+
+    def measure(path: Path) -> float:
+        raise AssertionError(f"{path} was measured again")
+
+    monkeypatch.setattr(heard_speech, "heard_seconds", measure)
+    kept = speech_files(moved, tmp_path / "there" / CACHE_NAME, workers=1)
+    assert kept == {tmp_path / "there" / LEVEL / "mik-x-speech.ogg"}
+
+
+def test_a_corrupt_file_stops_the_build_instead_of_passing_for_silence(tmp_path):
+    broken = tmp_path / "lev-x-broken.ogg"
+    broken.write_bytes(b"OggS" + bytes(200))
+    with pytest.raises(RuntimeError, match="lev-x-broken"):
+        speech_files([broken], tmp_path / CACHE_NAME, workers=1)
+    assert not (tmp_path / CACHE_NAME).exists()

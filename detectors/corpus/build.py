@@ -174,7 +174,7 @@ def build_corpus(
     recipe = make_recipe(RECIPE_VERSION, seed, per_source, versions)
     if finished(out_dir, recipe):
         return manifest_path(out_dir)
-    speakers = discover_speakers(cache, workers)
+    speakers = discover_speakers(cache, workers, progress)
     plans = plan_corpus(
         speakers, list(VOICES), text_pools(cache), seed=seed, clips_per_source=per_source
     )

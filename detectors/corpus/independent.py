@@ -61,7 +61,7 @@ def _speaker_key(package: str, rel: str) -> tuple[str, str] | None:
     return f"{package}:{parts[-2] if parts[-2] == 'tutorial' else 'messages'}", "en"
 
 
-def _speakers(cache: Path, workers: int) -> list[Speaker]:
+def _speakers(cache: Path, workers: int, progress: bool) -> list[Speaker]:
     candidates: list[tuple[tuple[str, str, str], Path]] = []
     for package, patterns in REAL_PACKAGES.items():
         root = cache / package
@@ -70,7 +70,7 @@ def _speakers(cache: Path, workers: int) -> list[Speaker]:
             key = _speaker_key(package, rel) if matches(rel, patterns, NOT_SPEECH) else None
             if key:
                 candidates.append(((package, *key), path))
-    heard = speech_files([path for _, path in candidates], cache / CACHE_NAME, workers)
+    heard = speech_files([path for _, path in candidates], cache / CACHE_NAME, workers, progress)
     found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
     for who, path in candidates:
         if path in heard:
@@ -141,7 +141,7 @@ def build_independent_eval(
     if finished(out_dir, recipe):
         return manifest_path(out_dir)
     pools = voice_texts(prompt_texts(cache))
-    speakers = _speakers(cache, workers)
+    speakers = _speakers(cache, workers, progress)
     plans = plan_corpus(
         speakers, _voices(cache), pools, seed=seed, clips_per_source=per_source, resynth_share=0.0
     )

@@ -178,13 +178,13 @@ def estimate_gender(recordings: tuple[Recording, ...]) -> str:
     return "male" if median < 165 else "female" if median <= 280 else "unknown"
 
 
-def discover_speakers(cache_dir: Path, workers: int = 2) -> list[Speaker]:
+def discover_speakers(cache_dir: Path, workers: int = 2, progress: bool = False) -> list[Speaker]:
     """Every speaker of every real source (already fetched), sorted by id.
 
     Only files in which the VAD hears speech count (`heard_speech`); a speaker left with
     none is dropped.
     """
-    candidates: list[tuple[RealSource, tuple[str, str, str], Path]] = []
+    candidates: dict[RealSource, list[tuple[tuple[str, str, str], Path]]] = defaultdict(list)
     for source in REAL_SOURCES:
         root = cache_dir / source.package
         for path in sorted(root.rglob("*")):
@@ -193,13 +193,15 @@ def discover_speakers(cache_dir: Path, workers: int = 2) -> list[Speaker]:
                 continue
             who = _who(source, rel)
             if who:
-                candidates.append((source, who, path))
-    heard = speech_files([path for *_, path in candidates], cache_dir / CACHE_NAME, workers)
+                candidates[source].append((who, path))
+    every = [path for found in candidates.values() for _, path in found]
+    heard = speech_files(every, cache_dir / CACHE_NAME, workers, progress)
     speakers = []
     for source in REAL_SOURCES:
         found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
-        for _, who, path in (c for c in candidates if c[0] == source and c[2] in heard):
-            found[who].append(recording(path))
+        for who, path in candidates[source]:
+            if path in heard:
+                found[who].append(recording(path))
         for (speaker_id, language, gender), recordings in sorted(found.items()):
             recs = tuple(recordings)
             speakers.append(

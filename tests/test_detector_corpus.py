@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import shutil
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from detectors.corpus.debian import matches
 from detectors.corpus.plan import plan_corpus
 from detectors.corpus.render import render
 from detectors.corpus.shortcut import clip_features
-from detectors.corpus.sources import REAL_SOURCES, Recording, Speaker
+from detectors.corpus.sources import REAL_SOURCES, Recording, Speaker, files_used
 from detectors.corpus.synth import VOICES, Voice
 from detectors.corpus.texts import STYLES, prompt_texts
 
@@ -243,6 +244,22 @@ def _fake_speakers(tmp_path: Path) -> list[Speaker]:
             recs += [Recording(path, rate, 2.0)] * 4  # long enough for a few clips each
         speakers.append(Speaker(f"spk{i}", f"pkg{i}", split, lang, gender, "prompt", tuple(recs)))
     return speakers
+
+
+def test_files_used_depend_on_the_files_not_on_where_the_cache_is(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    here = _fake_speakers(a)
+    shutil.copytree(a, b)
+
+    def moved(speaker: Speaker) -> Speaker:
+        recs = tuple(replace(r, path=b / r.path.relative_to(a)) for r in speaker.recordings)
+        return replace(speaker, recordings=recs)
+
+    assert files_used(here, a) == files_used([moved(s) for s in reversed(here)], b)
+    fewer = files_used([replace(here[0], recordings=here[0].recordings[4:]), *here[1:]], a)
+    assert fewer["count"] == files_used(here, a)["count"] - 1  # each file is listed 4 times
+    assert fewer["sha256"] != files_used(here, a)["sha256"]
 
 
 def _pools() -> dict[tuple[str, str], tuple[str, ...]]:

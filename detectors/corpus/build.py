@@ -29,7 +29,7 @@ from tqdm import tqdm
 from detectors.corpus.manifest import manifest_path, write_manifest
 from detectors.corpus.plan import ClipPlan, plan_corpus
 from detectors.corpus.render import render
-from detectors.corpus.sources import discover_speakers, fetch_real
+from detectors.corpus.sources import discover_speakers, fetch_real, files_used
 from detectors.corpus.synth import VOICES
 from detectors.corpus.texts import TEXT_PATTERNS, fetch_texts, text_pools
 
@@ -140,10 +140,12 @@ def write_build(
     recipe: dict[str, object],
     seconds: float,
     generators: Iterable[str],
+    real_files: dict[str, object],
 ) -> Path:
     manifest = write_manifest(out_dir, rows)
     info = {
         "recipe": recipe,
+        "real_files": real_files,
         "generators": installed_versions(generators),
         "build_seconds": round(seconds, 1),
         "counts": _summary(rows),
@@ -186,4 +188,6 @@ def build_corpus(
     generators = [*GENERATOR_PACKAGES, *(GENERATOR_PACKAGES_BY_VOICE.get(v, "") for v in voices)]
     generators = [g for g in generators if g]
     copy_licenses(out_dir, cache, [*versions, *generators])
-    return write_build(out_dir, rows, recipe, time.perf_counter() - began, generators)
+    return write_build(
+        out_dir, rows, recipe, time.perf_counter() - began, generators, files_used(speakers, cache)
+    )

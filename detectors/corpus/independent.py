@@ -23,7 +23,14 @@ from detectors.corpus.heard_speech import CACHE_NAME, speech_files
 from detectors.corpus.manifest import manifest_path
 from detectors.corpus.plan import plan_corpus
 from detectors.corpus.render import render
-from detectors.corpus.sources import COPYRIGHT, Recording, Speaker, estimate_gender, recording
+from detectors.corpus.sources import (
+    COPYRIGHT,
+    Recording,
+    Speaker,
+    estimate_gender,
+    files_used,
+    recording,
+)
 from detectors.corpus.synth import Voice
 from detectors.corpus.texts import STYLES, fetch_texts, prompt_texts
 
@@ -153,4 +160,5 @@ def build_independent_eval(
         desc="independent eval",
     )
     copy_licenses(out_dir, cache, [*versions, "festival"])
-    return write_build(out_dir, rows, recipe, time.perf_counter() - began, ["festival"])
+    seconds = time.perf_counter() - began
+    return write_build(out_dir, rows, recipe, seconds, ["festival"], files_used(speakers, cache))

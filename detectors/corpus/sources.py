@@ -12,6 +12,8 @@ the median pitch of a few of the speaker's files.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -217,6 +219,14 @@ def discover_speakers(cache_dir: Path, workers: int = 2, progress: bool = False)
             )
     _check_splits(speakers)
     return sorted(speakers, key=lambda s: (s.source, s.id))
+
+
+def files_used(speakers: list[Speaker], cache_dir: Path) -> dict[str, object]:
+    """How many source files the speakers hold, and a digest of their names. The speech check
+    decides per file with a threshold that another machine's arithmetic could tip, so two
+    builds of one recipe can be checked to have used the same files."""
+    names = sorted({os.path.relpath(r.path, cache_dir) for s in speakers for r in s.recordings})
+    return {"count": len(names), "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
 
 
 def _check_splits(speakers: list[Speaker]) -> None:

@@ -21,12 +21,10 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from detectors.corpus.audio_files import read_native
-from detectors.corpus.neutralise import to_rate
+from detectors.corpus.audio_files import read_mono
 from detectors.speech import speech_model, speech_seconds
 
 MIN_HEARD_SPEECH_S = 0.2
@@ -37,11 +35,8 @@ CACHE_NAME = ".heard_speech.json"
 
 def heard_seconds(path: Path) -> float:
     """Seconds of ``path`` that Silero VAD calls speech (an empty file hears none)."""
-    audio, rate = read_native(path)
-    if audio.size == 0:
-        return 0.0
-    mono = to_rate(audio, rate, 16_000).astype(np.float32)
-    return speech_seconds(speech_model()(torch.from_numpy(mono)))
+    mono = read_mono(path, 16_000)
+    return speech_seconds(speech_model()(torch.from_numpy(mono))) if mono.size else 0.0
 
 
 def _one_thread() -> None:

@@ -13,26 +13,23 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
 from detectors.corpus.build import copy_licenses, finished, make_recipe, render_all, write_build
 from detectors.corpus.debian import fetch_package, matches
-from detectors.corpus.heard_speech import CACHE_NAME, speech_files
 from detectors.corpus.manifest import manifest_path
 from detectors.corpus.plan import plan_corpus
 from detectors.corpus.render import render
 from detectors.corpus.sources import (
     COPYRIGHT,
-    Recording,
     Speaker,
     estimate_gender,
     files_used,
-    recording,
+    heard_recordings,
 )
 from detectors.corpus.synth import Voice
-from detectors.corpus.texts import STYLES, fetch_texts, prompt_texts
+from detectors.corpus.texts import LATIN, STYLES, fetch_texts, prompt_texts
 
 RECIPE_VERSION = 2
 SPLIT = "eval"
@@ -49,7 +46,6 @@ NOT_SPEECH = (
     "*/Singer/*",  # sung
     *(f"*/{grunt}*" for grunt in ("Firepunch", "Jump", "Laugh", "Ooff", "Ow", "Poison", "Hmm")),
 )
-_LATIN = re.compile(r"[A-Za-z]")
 _HEDGEHOG_LANGUAGES = {"Default_es": "es", "Default_pl": "pl", "Default_uk": "uk"}
 _HEDGEHOG_LANGUAGES |= dict.fromkeys(("Default_ru", "Russian", "Russian_pl"), "ru")
 
@@ -77,11 +73,7 @@ def _speakers(cache: Path, workers: int, progress: bool) -> list[Speaker]:
             key = _speaker_key(package, rel) if matches(rel, patterns, NOT_SPEECH) else None
             if key:
                 candidates.append(((package, *key), path))
-    heard = speech_files([path for _, path in candidates], cache / CACHE_NAME, workers, progress)
-    found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
-    for who, path in candidates:
-        if path in heard:
-            found[who].append(recording(path))
+    found = heard_recordings(candidates, cache, workers, progress)
     return [
         Speaker(speaker, package, SPLIT, lang, estimate_gender(tuple(recs)), "prompt", tuple(recs))
         for (package, speaker, lang), recs in sorted(found.items())
@@ -94,7 +86,7 @@ def voice_texts(prompts: dict[str, list[str]]) -> dict[tuple[str, str], tuple[st
     letters it knows, so its lines lose ellipses and get a space after every full stop
     ("теста.Чтобы"), and lines with Latin letters ("www.asterisk.org") are left out."""
     spaced = (re.sub(r"\.(?=\S)", ". ", re.sub(r"\.{2,}|…", " ", t)) for t in prompts["ru"])
-    russian = tuple(" ".join(t.split()) for t in spaced if t.strip(" .") and not _LATIN.search(t))
+    russian = tuple(" ".join(t.split()) for t in spaced if t.strip(" .") and not LATIN.search(t))
     return {
         (lang, style): russian if lang == "ru" else tuple(prompts[lang])
         for lang in ("en", "ru")

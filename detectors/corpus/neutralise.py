@@ -78,7 +78,7 @@ def _resampler(rate: int, target: int) -> torchaudio.transforms.Resample:
 
 def to_rate(audio: np.ndarray, rate: int, target: int = RATE) -> np.ndarray:
     """Resample with the same windowed-sinc filter for every source and every class."""
-    if rate == target:
+    if rate == target or audio.size == 0:  # the resampler refuses an empty signal
         return audio.astype(np.float32, copy=False)
     with torch.no_grad():
         return _resampler(rate, target)(torch.from_numpy(audio.astype(np.float32))).numpy()

@@ -18,6 +18,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyworld
@@ -26,6 +27,8 @@ import soundfile as sf
 from detectors.corpus.audio_files import read_mono
 from detectors.corpus.debian import fetch_package, matches
 from detectors.corpus.heard_speech import CACHE_NAME, speech_files
+
+K = TypeVar("K")
 
 LANGUAGES = ("en", "es", "fr", "it", "ru", "cs", "nl", "de")
 """Languages with real speech here and an espeak-ng voice; other languages' files are left out."""
@@ -186,7 +189,7 @@ def discover_speakers(cache_dir: Path, workers: int = 2, progress: bool = False)
     Only files in which the VAD hears speech count (`heard_speech`); a speaker left with
     none is dropped.
     """
-    candidates: dict[RealSource, list[tuple[tuple[str, str, str], Path]]] = defaultdict(list)
+    candidates: list[tuple[tuple[RealSource, tuple[str, str, str]], Path]] = []
     for source in REAL_SOURCES:
         root = cache_dir / source.package
         for path in sorted(root.rglob("*")):
@@ -195,15 +198,11 @@ def discover_speakers(cache_dir: Path, workers: int = 2, progress: bool = False)
                 continue
             who = _who(source, rel)
             if who:
-                candidates[source].append((who, path))
-    every = [path for found in candidates.values() for _, path in found]
-    heard = speech_files(every, cache_dir / CACHE_NAME, workers, progress)
+                candidates.append(((source, who), path))
+    heard = heard_recordings(candidates, cache_dir, workers, progress)
     speakers = []
     for source in REAL_SOURCES:
-        found: dict[tuple[str, str, str], list[Recording]] = defaultdict(list)
-        for who, path in candidates[source]:
-            if path in heard:
-                found[who].append(recording(path))
+        found = {who: recs for (src, who), recs in heard.items() if src == source}
         for (speaker_id, language, gender), recordings in sorted(found.items()):
             recs = tuple(recordings)
             speakers.append(
@@ -219,6 +218,20 @@ def discover_speakers(cache_dir: Path, workers: int = 2, progress: bool = False)
             )
     _check_splits(speakers)
     return sorted(speakers, key=lambda s: (s.source, s.id))
+
+
+def heard_recordings(
+    candidates: list[tuple[K, Path]], cache_dir: Path, workers: int, progress: bool
+) -> dict[K, list[Recording]]:
+    """The candidate files in which the VAD hears speech (`heard_speech`), as recordings
+    grouped by their key, in candidate order; the measurements are cached in ``cache_dir``."""
+    paths = [path for _, path in candidates]
+    heard = speech_files(paths, cache_dir / CACHE_NAME, workers, progress)
+    found: dict[K, list[Recording]] = defaultdict(list)
+    for key, path in candidates:
+        if path in heard:
+            found[key].append(recording(path))
+    return found
 
 
 def files_used(speakers: list[Speaker], cache_dir: Path) -> dict[str, object]:

@@ -30,7 +30,7 @@ _DIALOG_ID = re.compile(rf"dialogId\(\s*{_QUOTED}\s*,\s*{_QUOTED}\s*,\s*{_QUOTED
 _DIALOG_STR = re.compile(rf"dialogStr\(\s*{_QUOTED}", re.S)
 _SOUND_NAME = re.compile(r'<sound\s+name="([^"]+)"')
 _WORD = re.compile(r"[^\W\d_]{3,}")
-_LATIN = re.compile(r"[A-Za-z]")
+LATIN = re.compile(r"[A-Za-z]")
 _LETTERS = {"ru": re.compile(r"[А-Яа-яЁё]")}
 """A transcript line must contain its language's letters: the Russian list has English lines."""
 
@@ -59,7 +59,7 @@ def prompt_texts(cache_dir: Path) -> dict[str, list[str]]:
             listed = [line for line in lines if not line.startswith(";") and ":" in line]
         for line in listed:
             text = _clean(line.split(":", 1)[1])
-            if _LETTERS.get(lang, _LATIN).search(text):
+            if _LETTERS.get(lang, LATIN).search(text):
                 pools[lang].append(text)
     return pools
 
@@ -99,7 +99,7 @@ def text_pools(cache_dir: Path) -> dict[tuple[str, str], tuple[str, ...]]:
     pools: dict[tuple[str, str], tuple[str, ...]] = {}
     for lang in LANGUAGES:
         sentences = prompts[lang] + dialogs[lang]
-        letters_of = _LETTERS.get(lang, _LATIN)
+        letters_of = _LETTERS.get(lang, LATIN)
         words = sorted(
             {w.lower() for t in sentences for w in _WORD.findall(t) if letters_of.match(w)}
         )

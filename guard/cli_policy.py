@@ -103,7 +103,7 @@ def _summary(file: str, loaded: Policy) -> dict[str, Any]:
 
 def _load_facts(arg: str) -> dict[str, Any]:
     """``--facts`` as a JSON object given inline, as ``@FILE``, or as a file path."""
-    if arg.startswith("@") or not arg.lstrip().startswith("{"):
+    if not _is_inline_json(arg):
         source = arg.removeprefix("@")
         try:
             text = Path(source).read_text(encoding="utf-8")
@@ -125,6 +125,25 @@ def _load_facts(arg: str) -> dict[str, Any]:
     if not isinstance(facts, dict):
         raise click.BadParameter(f"{source}: facts must be a JSON object", param_hint="--facts")
     return facts
+
+
+def _is_inline_json(arg: str) -> bool:
+    """Whether ``--facts`` is JSON text rather than a file to read.
+
+    ``{...}`` always is. Other JSON (``[1, 2]``) is too unless a file has that name, so that
+    the user hears that facts must be an object rather than that no such file exists.
+    """
+    if arg.startswith("@"):
+        return False
+    if arg.lstrip().startswith("{"):
+        return True
+    if os.path.exists(arg):
+        return False
+    try:
+        json.loads(arg)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _print_explanation(loaded: Policy, decision: Decision) -> None:
@@ -232,9 +251,12 @@ def verify(log: str, public_key: str | None, anchor: str | None, as_json: bool) 
     elif result.ok:
         signed = "every record signed by the given key" if key else "signatures not checked"
         repairs = f", {result.repairs} torn-record repair(s)" if result.repairs else ""
-        click.echo(
-            f"{log}: ok, {result.records} records, head {result.head_hash}; {signed}{repairs}"
+        contents = (
+            f"{result.records} records, head {result.head_hash}"
+            if result.records
+            else "empty log (no records yet, so no head hash)"
         )
+        click.echo(f"{log}: ok, {contents}; {signed}{repairs}")
     else:
         click.echo(f"{log}: FAILED after {result.records} good records: {result.problem}")
     if not result.ok:

@@ -3,12 +3,16 @@
 Conditions are Common Expression Language (``celpy``), never Python ``eval``: a policy file is
 data that anyone may hand us, and CEL cannot reach the filesystem or loop forever.
 
-Two things here go beyond what ``celpy`` does by itself:
+Three things here go beyond what ``celpy`` does by itself:
 
 - At compile time the parse tree is walked to find every fact a condition refers to (with
   macro variables such as ``w`` in ``watermarks.exists(w, w.detected)`` in scope), so a typo
   like ``synthetic_prob`` is an error when the policy loads rather than a rule that silently
   never fires; the same walk records the dotted paths (``meta.uploader``) that the trace shows.
+- ``celpy`` has no type checker, so compile time also works out the type a condition gives
+  where no fact can change it: ``1 + 2`` or ``watermarks.filter(...)`` is never true or false,
+  and a rule written that way would never fire. Anything that depends on the facts
+  (``meta.flag``) is left to run time.
 - Facts are converted to CEL values with the numeric types the fact schema promises, so
   ``duration > 5`` works whether the caller passed ``6`` or ``6.0``.
 """
@@ -57,6 +61,43 @@ _DOUBLE_FIELDS = {
 # Functions and methods celpy implements, plus the function-like macros it expands.
 _FUNCTIONS = frozenset(k for k in base_functions if k[0].isalpha()) | _MACROS | {"has", "dyn"}
 
+# Result types for the static check: calls whose result type CEL fixes whatever the arguments
+# (``dyn()`` and unlisted calls are left to run time), literal tokens, and arithmetic nodes.
+_FUNCTION_TYPES = {
+    **dict.fromkeys(("has", "bool", "contains", "startsWith", "endsWith", "matches"), "bool"),
+    **{t: t for t in ("int", "uint", "double", "string", "bytes", "type", "timestamp", "duration")},
+    **{name: "int" for name in base_functions if name.startswith("get")},
+    "size": "int",
+}
+_METHOD_TYPES = {
+    **_FUNCTION_TYPES,
+    **dict.fromkeys(("all", "exists", "exists_one"), "bool"),
+    "filter": "list",
+    "map": "list",
+}
+_LITERAL_TYPES = {
+    "INT_LIT": "int",
+    "UINT_LIT": "uint",
+    "FLOAT_LIT": "double",
+    "STRING_LIT": "string",
+    "MLSTRING_LIT": "string",
+    "BYTES_LIT": "bytes",
+    "BOOL_LIT": "bool",
+    "NULL_LIT": "null",
+}
+_ARITHMETIC = {
+    "addition_add": "+",
+    "addition_sub": "-",
+    "multiplication_mul": "*",
+    "multiplication_div": "/",
+    "multiplication_mod": "%",
+}
+# Grammar rules that only pass their single child through.
+_PASS_THROUGH = frozenset(
+    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
+    | {"unary", "member", "primary", "paren_expr"}
+)
+
 # The interpreted runner: celpy 0.5's CompiledRunner is faster but mishandles an error inside
 # `&&` / `||` (CEL's rule that `false && error` is false). An interpreted evaluation shares
 # nothing mutable, so one compiled Condition serves many threads.
@@ -64,7 +105,8 @@ _ENVIRONMENT = celpy.Environment()
 
 
 class ConditionError(ValueError):
-    """A condition that cannot be compiled: bad syntax or an unknown fact."""
+    """A condition that cannot be used: bad syntax, an unknown fact or function, or a result
+    that is never true or false."""
 
 
 class EvaluationError(Exception):
@@ -96,7 +138,8 @@ class Condition:
 
 
 def compile_condition(source: str, known_facts: Sequence[str] = KNOWN_FACTS) -> Condition:
-    """Parse ``source`` and check that every identifier it uses is a known fact."""
+    """Parse ``source``, check that every identifier it uses is a known fact and that it can
+    give true or false."""
     try:
         tree = _ENVIRONMENT.compile(source)
     except celpy.CELParseError as exc:
@@ -112,6 +155,9 @@ def compile_condition(source: str, known_facts: Sequence[str] = KNOWN_FACTS) -> 
     for path in paths:
         if path[0] not in known_facts and path[0] not in _CEL_TYPE_NAMES:
             raise ConditionError(unknown_fact_message(path[0], known_facts))
+    gives = _static_type(tree)
+    if gives not in (None, "bool"):
+        raise ConditionError(f"condition must give true or false, but this one gives {gives}")
     reads = tuple(dict.fromkeys(".".join(p) for p in paths if p[0] in known_facts))
     return Condition(source=source, reads=reads, _program=_ENVIRONMENT.program(tree))
 
@@ -223,6 +269,50 @@ def _collect(
         return
     for child in node.children:
         _collect(child, bound, out, calls)
+
+
+def _static_type(node: lark.Tree) -> str | None:
+    """The CEL type ``node`` gives whatever the facts are, or None where the facts decide.
+
+    Conservative: a fact, an index, ``dyn()`` or an unlisted call is None, so only a condition
+    that can never be true or false is refused. Arithmetic never gives a bool in CEL, so it is
+    named by its operator when its operands' types are not both known.
+    """
+    kind, children = node.data, node.children
+    if kind in _PASS_THROUGH and len(children) == 1:
+        return _static_type(children[0])
+    if kind == "expr":  # condition ? then : else
+        then, otherwise = _static_type(children[1]), _static_type(children[2])
+        if None in (then, otherwise) or "bool" in (then, otherwise):
+            return None
+        return then if then == otherwise else f"{then} or {otherwise}"
+    if kind in ("conditionalor", "conditionaland", "relation"):
+        return "bool"
+    if kind in ("addition", "multiplication"):  # [operator node holding the left side, right]
+        operator, right = children
+        operands = {_static_type(operator.children[0]), _static_type(right)}
+        return _arithmetic_type(_ARITHMETIC[operator.data], operands)
+    if kind == "unary":  # [unary_not | unary_neg, operand]
+        if children[0].data == "unary_not":
+            return "bool"
+        return _arithmetic_type("-", {_static_type(children[1])})
+    if kind == "literal":
+        return _LITERAL_TYPES.get(children[0].type)
+    if kind in ("list_lit", "map_lit"):
+        return kind.removesuffix("_lit")
+    if kind == "ident":
+        return "type" if str(children[0]) in _CEL_TYPE_NAMES else None
+    if kind in ("ident_arg", "dot_ident_arg"):
+        return _FUNCTION_TYPES.get(str(children[0]))
+    if kind == "member_dot_arg":
+        return _METHOD_TYPES.get(str(children[1]))
+    return None
+
+
+def _arithmetic_type(operator: str, operands: set[str | None]) -> str:
+    """The type of an arithmetic result: the operands' one known type, else the operator."""
+    known = operands - {None, "bool"}
+    return known.pop() if len(operands) == 1 and known else f"the result of {operator}"
 
 
 def _dotted(node: Any) -> tuple[str, ...] | None:

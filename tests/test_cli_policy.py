@@ -54,6 +54,20 @@ def test_check_names_file_rule_and_problem_and_exits_1(run, bad_policy):
     assert "upload-screening: ok" in out.stdout
 
 
+def test_check_rejects_a_condition_that_is_never_true_or_false(run, tmp_path):
+    path = tmp_path / "sum.yaml"
+    path.write_text(
+        "name: sum\nversion: 1\ndefault: allow\nrules:\n"
+        "  - id: never\n    when: '1 + 2'\n    action: block\n"
+    )
+    out = run("policy", "check", str(path))
+    assert out.exit_code == 1
+    assert out.stdout == ""
+    assert out.stderr == (
+        f'error: {path}: rule "never": condition must give true or false, but this one gives int\n'
+    )
+
+
 def test_check_json_gives_one_line_per_policy(run, bad_policy):
     out = run("policy", "check", "--json", "audit-strict", str(bad_policy))
     good, bad = (json.loads(line) for line in out.stdout.splitlines())
@@ -118,7 +132,8 @@ def test_explain_json_reads_facts_from_a_file(run, tmp_path, form):
     ("facts", "message"),
     [
         ("{not json", "not valid JSON"),
-        ("[1, 2]", "cannot read facts"),  # not an object and not a file
+        ("[1, 2]", "the JSON given: facts must be a JSON object"),
+        ('"uploader"', "the JSON given: facts must be a JSON object"),
         ('{"a": [1, 2]', "not valid JSON"),
         ("missing.json", "missing.json: cannot read facts"),
     ],
@@ -127,6 +142,14 @@ def test_explain_rejects_facts_it_cannot_use(run, facts, message):
     out = run("policy", "explain", "upload-screening", "--facts", facts)
     assert out.exit_code == 2
     assert message in out.stderr
+
+
+def test_explain_reads_a_file_whose_name_is_also_json(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "1").write_text(json.dumps(SYNTHETIC))
+    out = run("policy", "explain", "upload-screening", "--facts", "1", "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["action"] == "block"
 
 
 def test_explain_of_an_invalid_policy_is_one_error_through_main(monkeypatch, capsys, bad_policy):
@@ -155,6 +178,18 @@ def test_verify_prints_the_head_hash_of_a_good_log(run, tmp_path):
     out = run("audit", "verify", str(log))
     assert out.exit_code == 0
     assert f"ok, 4 records, head {stored[-1]['hash']}" in out.stdout
+
+
+def test_verify_an_empty_log_says_it_has_no_head_yet(run, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(b"")
+    out = run("audit", "verify", str(log))
+    assert out.exit_code == 0
+    assert out.stdout == (
+        f"{log}: ok, empty log (no records yet, so no head hash); signatures not checked\n"
+    )
+    as_json = json.loads(run("audit", "verify", str(log), "--json").stdout)
+    assert (as_json["ok"], as_json["records"], as_json["head_hash"]) == (True, 0, None)
 
 
 def test_verify_exits_1_and_names_the_first_bad_record(run, tmp_path):

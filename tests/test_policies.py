@@ -213,6 +213,45 @@ def test_an_unquoted_boolean_condition_is_accepted(tmp_path):
     assert Policy.load(path).decide({}).action == "review"
 
 
+@pytest.mark.parametrize(
+    ("when", "gives"),
+    [
+        ("1 + 2", "int"),
+        ("synthetic_probability * 2.0", "the result of *"),
+        ("-duration", "the result of -"),
+        ('"block"', "string"),
+        ("[true]", "list"),
+        ('{"a": true}', "map"),
+        ("size(tags)", "int"),
+        ("watermarks.filter(w, w.detected)", "list"),
+        ('tags.size() > 0 ? 1 : "x"', "int or string"),
+    ],
+)
+def test_a_condition_that_can_never_be_true_or_false_is_a_load_error(tmp_path, when, gives):
+    with pytest.raises(PolicyError) as err:
+        Policy.load(write_policy(tmp_path, rule("never", when)))
+    assert err.value.problems == [
+        f'{tmp_path / "x.yaml"}: rule "never": condition must give true or false, '
+        f"but this one gives {gives}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "meta.flag",
+        "tags.size() > 0 ? meta.flag : false",
+        "dyn(meta.flag)",
+        "(duration > 1) == true",
+        '!has(meta.uploader) || meta.uploader.startsWith("a")',
+        "watermarks.exists(w, w.detected)",
+    ],
+)
+def test_a_condition_whose_type_depends_on_the_facts_loads(tmp_path, when):
+    policy = Policy.load(write_policy(tmp_path, rule("maybe", when)))
+    assert policy.rules[0].when == when
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 

@@ -191,12 +191,15 @@ def _reason(err: Exception) -> str:
 def _output_choices(path: Path, like: AudioInfo | None) -> tuple[str, list[str]]:
     """The format to write and the subtypes to try, best first."""
     extension = path.suffix.lower()
-    fmt = _FORMAT_BY_EXTENSION.get(extension, like.format if like is not None else None)
+    # Only a name without an extension borrows the input's format: a WAV written under
+    # ``.aac`` would be a file whose name lies about what it holds.
+    fmt = _FORMAT_BY_EXTENSION.get(
+        extension, like.format if like is not None and not extension else None
+    )
     if fmt is None:
         known = ", ".join(sorted(_FORMAT_BY_EXTENSION))
-        raise AudioError(
-            path, f"cannot tell which format to write from its extension; use one of {known}"
-        )
+        what = f"cannot write {extension} files" if extension else "has no extension"
+        raise AudioError(path, f"{what}; use one of {known}")
     fallback = sf.default_subtype(fmt)
     preferred = _SUBTYPE_BY_EXTENSION.get(extension, fallback)
     if like is not None and extension not in _SUBTYPE_BY_EXTENSION:
@@ -255,8 +258,12 @@ def iter_audio_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
+            # A dangling link is yielded too: it looks like audio, so the user should hear
+            # that it leads nowhere rather than find it silently missing from the results.
             yield from sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or not p.exists())
             )
         else:
             yield path

@@ -161,7 +161,13 @@ def _line(name: str, s: Scores) -> str:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Same seed, same corpus.")
 @click.option("--clips-per-source", type=int, help="Cap per source (default: the builder's).")
-@click.option("--workers", default=2, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Processes that synthesise and measure speech at once.",
+)
 def build_corpus_command(out: str, seed: int, clips_per_source: int | None, workers: int) -> None:
     """Build the training corpus from Debian packages (real speech, TTS, vocoder re-synthesis)."""
     from detectors.corpus import build_corpus

@@ -18,7 +18,14 @@ from typing import Any
 import click
 
 from guard.cli_policy import REPORT_COMMAND
-from guard.cli_scan import build_guard, exit_status, guard_options, report_summary, run_scan
+from guard.cli_scan import (
+    build_guard,
+    check_report_path,
+    exit_status,
+    guard_options,
+    report_summary,
+    run_scan,
+)
 from guard.report import write_report
 
 
@@ -47,6 +54,7 @@ def audit_report(
     as_json: bool,
 ) -> None:
     """Scan folders (or files) and write an HTML report an auditor can hand on."""
+    check_report_path(report_path)
     guard = build_guard(policy, keys, audit_log, no_detector, public_backends, audit_signing_key)
     results = run_scan(paths, guard=guard, workers=workers, meta=meta, quiet=as_json)
     summary = report_summary(guard, results, paths, audit_log)

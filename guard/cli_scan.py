@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from guard import audio as audio_io
 from guard.guard import Guard, GuardConfig
-from guard.progress import progress
-from guard.report import summarize, write_report
+from guard.progress import audio_files, progress
+from guard.report import report_path_problem, summarize, write_report
 from policies import ACTIONS, AuditLogError, PolicyError, head_hash
 from watermark.registry import BACKENDS
 from watermark.types import WatermarkError
@@ -162,6 +162,13 @@ def build_guard(
         raise click.ClickException(f"{exc}{hint}") from exc
 
 
+def check_report_path(report: str | None) -> None:
+    """Stop before scanning when the report could not be written at the end."""
+    problem = report_path_problem(report) if report else None
+    if problem:
+        raise click.ClickException(problem)
+
+
 def screen_one(guard: Guard, path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """One file's scan line: the verdict, or the reason it could not be screened."""
     try:
@@ -240,9 +247,7 @@ def run_scan(
     on_result: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Walk ``paths``, screen every file, hand each line to ``on_result`` in input order."""
-    files = list(audio_io.iter_audio_paths(paths))
-    if not files:  # a CI gate pointed at an empty or mistyped folder must not pass
-        raise click.ClickException("no audio files found in " + ", ".join(paths))
+    files = audio_files(paths)
     results = []
     for result in screen_paths(
         guard, files, workers=workers or default_workers(), meta=meta, quiet=quiet
@@ -321,8 +326,11 @@ def scan(
 
     Without --policy the shipped upload-screening policy decides. Exit status: 0 all
     screened and none at or above --fail-on; 1 an input could not be screened (or the scan
-    could not start); 2 usage error; 3 a decision at or above --fail-on.
+    could not start); 2 usage error; 3 a decision at or above --fail-on. When both 1 and 3
+    apply, the status is 1: a gate must not read "only a policy verdict" while a file went
+    unscreened.
     """
+    check_report_path(report)
     guard = build_guard(policy, keys, audit_log, no_detector, public_backends, audit_signing_key)
 
     def emit(result: dict[str, Any]) -> None:

@@ -46,7 +46,13 @@ from guard.server_config import (
     help="Reverse proxies whose X-Forwarded-For/-Proto headers are trusted.",
 )
 @click.option("--root-path", default="", help="Path prefix when the proxy serves a sub-path.")
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="How much the server logs (uvicorn's levels).",
+)
 @click.option(
     "--new-api-key",
     "new_key_id",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -40,7 +41,12 @@ def keygen(keyfile: str) -> None:
 
 
 backend_option = click.option(
-    "--backend", type=click.Choice(BACKENDS), default="keyed", show_default=True
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="keyed",
+    show_default=True,
+    help="keyed: our secret-key mark with a payload; audioseal: Meta's AudioSeal (16-bit "
+    "payload); perth: Resemble AI's PerthNet (presence only).",
 )
 key_option = click.option(
     "--key", "key_file", type=click.Path(dir_okay=False), help="Key file (keyed backend)."
@@ -56,9 +62,15 @@ weights_option = click.option(
 @backend_option
 @key_option
 @weights_option
-@click.option("--payload", help="Hex payload (keyed: up to 32 bits; audioseal: 16 bits).")
+@click.option(
+    "--payload",
+    help="Hex payload: required by keyed (up to 32 bits) and audioseal (16 bits); "
+    "perth carries none.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_context
 def embed(
+    ctx: click.Context,
     source: str,
     target: str,
     backend: str,
@@ -67,10 +79,43 @@ def embed(
     payload: str | None,
     as_json: bool,
 ) -> None:
-    """Watermark SOURCE into TARGET (same format, rate, channels and length)."""
+    """Watermark SOURCE into TARGET (same format, rate, channels and length).
+
+    The mark is verified by reading TARGET back from disk, as a recipient would; a TARGET
+    whose mark does not read back is deleted and the command fails.
+    """
     if Path(source).resolve() == Path(target).resolve():
         raise click.UsageError("TARGET must differ from SOURCE; the original is never overwritten")
-    mark = _backend(backend, key_file, weights)
+    mark = _backend(backend, key_file, weights)  # a bad key is a setup error, not the file's
+    try:
+        report = _embed_file(mark, backend, source, target, payload)
+    except (audio_io.AudioError, WatermarkError, OSError, ValueError) as exc:
+        if (ctx.obj or {}).get("debug"):
+            raise
+        message = str(exc)
+        if not message.startswith((f"{source}:", f"{target}:")):
+            message = f"{source}: {message}"
+        if as_json:
+            click.echo(json.dumps({"path": source, "error": message}))
+        else:
+            click.echo(f"error: {message}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    check = report["verification"]
+    click.echo(
+        f"{target}: marked {report['marked_seconds']:.1f} s of {report['duration']:.1f} s "
+        f"({report['format']}/{report['subtype']}, {report['sample_rate']} Hz), "
+        f"SNR {report['snr_db']:.1f} dB; verified: p-value {check['p_value']:.2g}"
+        + (f", payload {check['payload']}" if check["payload"] else "")
+    )
+
+
+def _embed_file(
+    mark: WatermarkBackend, backend: str, source: str, target: str, payload: str | None
+) -> dict[str, object]:
+    """Mark ``source`` into ``target`` and return the report ``embed --json`` prints."""
     info = audio_io.probe(source)
     if isinstance(mark, KeyedBackend) and info.duration > STREAM_SECONDS:
         written, marked_seconds, snr, check = _embed_streaming(mark, source, target, info, payload)
@@ -78,27 +123,38 @@ def embed(
         samples, info = audio_io.load(source)
         result = mark.embed(samples, info.sample_rate, payload)
         written = audio_io.save(target, result.audio, info.sample_rate, like=info)
-        marked_seconds, snr, check = result.marked_seconds, result.snr_db, result.verification
-    report = {
+        check = _read_back(mark, target, written, result.verification.payload)
+        marked_seconds, snr = result.marked_seconds, result.snr_db
+    return {
         "path": target,
         "source": source,
         "backend": backend,
         "marked_seconds": round(marked_seconds, 2),
         "duration": round(info.duration, 2),
+        "sample_rate": info.sample_rate,
         "snr_db": round(snr, 2),
         "format": written.format,
         "subtype": written.subtype,
         "verification": check.to_dict(),
     }
-    if as_json:
-        click.echo(json.dumps(report))
-        return
-    click.echo(
-        f"{target}: marked {marked_seconds:.1f} s of {info.duration:.1f} s "
-        f"({written.format}/{written.subtype}, {info.sample_rate} Hz), SNR {snr:.1f} dB; "
-        f"verified: p-value {check.p_value:.2g}"
-        + (f", payload {check.payload}" if check.payload else "")
-    )
+
+
+def _read_back(
+    mark: WatermarkBackend, target: str, written: audio_io.AudioInfo, expected: str | None
+) -> Detection:
+    """Detect the mark in the file as written: a lossy format (MP3, Vorbis, Opus) or 16-bit
+    samples change the audio after the embedder verified it in memory."""
+    samples, info = audio_io.load(target)
+    found = mark.detect(samples, info.sample_rate)
+    if not found.detected or found.payload != expected:
+        Path(target).unlink(missing_ok=True)
+        read = f", payload {found.payload}" if found.payload else ""
+        raise WatermarkError(
+            f"{target}: the mark did not read back from the {written.format}/{written.subtype} "
+            f"file written (p-value {found.p_value:.2g}{read}), so it was deleted; "
+            "a lossless format (WAV, FLAC) keeps the mark as embedded"
+        )
+    return found
 
 
 def _embed_streaming(

@@ -28,6 +28,15 @@ def progress(items: list[T], *, quiet: bool = False, label: str = "files") -> It
     yield from iterable
 
 
+def audio_files(paths: Iterable[str]) -> list[Path]:
+    """The files a multi-file command will read; none at all is an error, because a CI job
+    pointed at an empty or mistyped folder must not pass by having nothing to judge."""
+    files = list(audio_io.iter_audio_paths(paths))
+    if not files:
+        raise click.ClickException("no audio files found in " + ", ".join(map(str, paths)))
+    return files
+
+
 def emit_error(path: Path, exc: Exception, as_json: bool) -> None:
     """Report one input that could not be processed; the command goes on with the others."""
     if as_json:
@@ -46,7 +55,7 @@ def each_audio_file(
     """Decode every file under ``paths``, analyse and emit it; a file that fails ``errors``
     becomes an error line, the others still run, and the command exits 1 at the end."""
     failed = False
-    for path in progress(list(audio_io.iter_audio_paths(paths)), quiet=as_json):
+    for path in progress(audio_files(paths), quiet=as_json):
         try:
             samples, info = audio_io.load(path)
             answer = analyse(samples, info.sample_rate)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import os
 import shlex
 from collections import Counter
 from collections.abc import Sequence
@@ -139,6 +140,22 @@ def render_report(results: Sequence[dict[str, Any]], summary: dict[str, Any]) ->
     )
 
 
+def report_path_problem(path: str | Path) -> str | None:
+    """Why no report can be written at ``path``, or None.
+
+    Checked before the scan, so a mistyped folder costs a second rather than the whole scan.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path}: is a folder; give the report a file name"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"{path}: cannot write the report there, the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{path}: cannot write the report there, the folder {folder} is not writable"
+    return None
+
+
 def write_report(path: str | Path, results: Sequence[dict[str, Any]], summary: dict) -> Path:
     """Write the page next to where it will live, then rename, so no half page is left behind."""
     path = Path(path)
@@ -146,6 +163,8 @@ def write_report(path: str | Path, results: Sequence[dict[str, Any]], summary: d
     try:
         tmp.write_text(render_report(results, summary), encoding="utf-8")
         tmp.replace(path)
+    except OSError as exc:  # name the report, not the temporary file beside it
+        raise OSError(f"{path}: cannot write the report ({exc.strerror or exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

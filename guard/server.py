@@ -497,7 +497,10 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
                         raise ApiError(
                             422, "not_marked", f"{upload.filename}: not marked ({reason})"
                         )
-                    out = folder / f"marked{upload.path.suffix}"
+                    # An upload named .bin or .dat that decoded is written back in the
+                    # format it really has (``like``); only a known extension is kept.
+                    suffix = upload.path.suffix.lower()
+                    out = folder / f"marked{suffix if suffix in audio_io.AUDIO_EXTENSIONS else ''}"
                     written = audio_io.save(out, result.audio, info.sample_rate, like=info)
                     # Open before the folder is removed; the data lives until the handle
                     # closes, so nothing is left behind even if the client goes away.

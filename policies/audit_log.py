@@ -113,6 +113,7 @@ class AuditLog:
     ) -> None:
         self.path = Path(path)
         self.signing_key = signing_key
+        _check_appendable(self.path)
         self._lock = filelock.FileLock(_lock_path(self.path), timeout=lock_timeout)
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -392,6 +393,35 @@ def _signature_problem(record: Mapping[str, Any], public_key: Ed25519PublicKey) 
     except (InvalidSignature, ValueError):
         return "the signature does not verify (forged, or edited and re-hashed)"
     return None
+
+
+def _check_appendable(path: Path) -> None:
+    """Refuse, once and at once, a log that no record could ever be appended to.
+
+    Otherwise every decision fails on its own, and a lock file that cannot be created looks
+    to ``filelock`` like a lock another writer holds, so each one waits out the timeout.
+    The lock file is created here (appends create it anyway); the log itself is only opened
+    if it exists, so that it is still created by the first append.
+    """
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise AuditLogError(f"{path}: cannot write the audit log, {folder} {what}")
+    if path.is_dir():
+        raise AuditLogError(f"{path}: cannot write the audit log there, it is a folder")
+    lock = _lock_path(path)
+    for target, flags, what in (
+        (lock, os.O_RDWR | os.O_CREAT, f"its lock file {lock} cannot be created"),
+        (path, os.O_RDWR | os.O_APPEND, "it cannot be opened for appending"),
+    ):
+        if target is path and not path.exists():
+            continue
+        try:
+            os.close(os.open(target, flags, 0o644))
+        except OSError as exc:
+            raise AuditLogError(
+                f"{path}: cannot write the audit log, {what} ({exc.strerror or exc})"
+            ) from None
 
 
 def _lock_path(path: Path) -> Path:

@@ -305,12 +305,15 @@ def test_an_explicit_extension_overrides_the_like_format_but_keeps_its_subtype(t
     assert (info.format, info.subtype) == ("FLAC", "PCM_24")
 
 
-def test_unknown_extension_uses_like_or_is_refused(tmp_path):
+def test_a_name_without_extension_uses_like_and_an_unknown_extension_is_refused(tmp_path):
     wave = torch.from_numpy(signal(16000, 1).T)
     like = AudioInfo("in.flac", 16000, 1, 16000, "FLAC", "PCM_24")
-    audio.save(tmp_path / "out.bin", wave, 16000, like=like)
-    assert audio.probe(tmp_path / "out.bin").format == "FLAC"
-    refused(lambda p: audio.save(p, wave, 16000), tmp_path / "out.xyz", "extension")
+    audio.save(tmp_path / "out", wave, 16000, like=like)
+    assert audio.probe(tmp_path / "out").format == "FLAC"
+    # A FLAC (or WAV) under .aac would be a file whose name lies about what it holds.
+    refused(lambda p: audio.save(p, wave, 16000, like=like), tmp_path / "out.aac", ".aac")
+    assert not (tmp_path / "out.aac").exists()
+    refused(lambda p: audio.save(p, wave, 16000), tmp_path / "out", "no extension")
 
 
 def test_save_refuses_non_finite_audio_and_a_missing_folder(tmp_path):
@@ -353,6 +356,15 @@ def test_iter_audio_paths_walks_folders_in_order_and_keeps_explicit_paths(tmp_pa
 
     expected = ["a/y.flac", "a/z.MP3", "b.wav", "c.opus", "d.ogg", "deep/x/e.oga"]
     assert found == [explicit, *(root / rel for rel in expected), missing]
+
+
+def test_a_dangling_link_in_a_folder_is_yielded_so_its_problem_is_reported(tmp_path):
+    (tmp_path / "good.wav").write_bytes(b"x")
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "deleted.wav")
+    (tmp_path / "folder.flac").mkdir()  # a folder named like audio is still not a file
+    found = list(audio.iter_audio_paths([tmp_path]))
+    assert found == [tmp_path / "gone.wav", tmp_path / "good.wav"]
+    refused(audio.load, tmp_path / "gone.wav", "does not exist")
 
 
 def test_sha256_file_matches_hashlib(tmp_path):

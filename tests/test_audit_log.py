@@ -79,6 +79,19 @@ def test_head_hash_of_a_missing_log_is_none(log_path):
     assert head_hash(log_path) is None
 
 
+def test_a_log_that_cannot_be_written_is_refused_at_once_not_per_record(tmp_path):
+    with pytest.raises(AuditLogError, match="missing does not exist"):
+        AuditLog(tmp_path / "missing" / "audit.jsonl")
+    with pytest.raises(AuditLogError, match="it is a folder"):
+        AuditLog(tmp_path)
+    # A lock file that cannot be created used to look like a lock held by another writer,
+    # so every append waited out the whole timeout before failing.
+    (tmp_path / "audit.jsonl.lock").mkdir()
+    with pytest.raises(AuditLogError, match="its lock file .* cannot be created"):
+        AuditLog(tmp_path / "audit.jsonl", lock_timeout=0.1)
+    assert not (tmp_path / "audit.jsonl").exists()
+
+
 def test_a_new_writer_continues_the_chain(log_path):
     fill(log_path, 2)
     third = AuditLog(log_path).append(decision(9))

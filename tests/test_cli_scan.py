@@ -179,6 +179,28 @@ def test_an_empty_folder_fails_instead_of_passing_the_gate(tmp_path):
     assert "no audio files found" in result.output
 
 
+@pytest.mark.parametrize("command", [["scan"], ["audit"]])
+def test_a_report_that_cannot_be_written_stops_before_the_scan(tmp_path, uploads, command):
+    report = tmp_path / "missing" / "r.html"
+    result = CliRunner().invoke(
+        cli, [*command, str(uploads["marked"]), "--report", str(report), "--json", *FAST]
+    )
+    assert result.exit_code == 1
+    assert result.stdout == ""  # nothing was screened
+    assert f"{report}: cannot write the report there" in result.output
+    assert ".part" not in result.output
+
+
+def test_an_audit_log_that_cannot_be_written_stops_before_the_scan(tmp_path, uploads):
+    log = tmp_path / "missing" / "audit.jsonl"
+    files = [str(uploads["marked"]), str(uploads["marked"])]
+    result = CliRunner().invoke(cli, ["scan", *files, "--audit-log", str(log), "--json", *FAST])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.output.count("cannot write the audit log") == 1
+    assert f"{log}: cannot write the audit log" in result.output
+
+
 def test_a_bad_policy_stops_the_scan_with_one_sentence(tmp_path, uploads):
     policy = tmp_path / "broken.yaml"
     policy.write_text("name: x\nversion: 1\ndefault: maybe\nrules: []\n")

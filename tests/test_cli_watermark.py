@@ -101,6 +101,69 @@ def test_long_files_stream_in_blocks(tmp_path, run, key, samples_dir, monkeypatc
     assert json.loads(found.output)["payload"] == "1234abcd"
 
 
+def test_a_lossy_target_is_verified_as_written_not_as_it_was_in_memory(
+    tmp_path, run, key, samples_dir
+):
+    source = samples_dir / "speech" / "warzone_tutorial_tut73.flac"
+    target = tmp_path / "marked.mp3"
+    report = embed_json(run, source, target, key, "c0ffee01")
+    found = json.loads(run("watermark", "detect", str(target), "--key", str(key), "--json").output)
+    assert report["format"] == "MP3"
+    assert report["verification"]["p_value"] == found["p_value"]
+    assert report["verification"]["payload"] == found["payload"] == "c0ffee01"
+
+
+def test_a_target_whose_mark_does_not_read_back_is_deleted(tmp_path, key, samples_dir, monkeypatch):
+    from watermark.keyed import KeyedBackend
+    from watermark.types import Detection
+
+    calls = []
+    real_detect = KeyedBackend.detect
+
+    def detect_then_lose_it(self, audio, rate):  # in memory it reads; from disk it does not
+        calls.append(rate)
+        return real_detect(self, audio, rate) if len(calls) == 1 else Detection("keyed", False, 0.5)
+
+    monkeypatch.setattr(KeyedBackend, "detect", detect_then_lose_it)
+    source = samples_dir / "speech" / "warzone_tutorial_tut73.flac"
+    target = tmp_path / "marked.ogg"
+    args = ["watermark", "embed", str(source), str(target), "--key", str(key), "--payload", "1"]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 1 and len(calls) == 2
+    line = json.loads(result.stdout)
+    assert line["path"] == str(source)
+    assert line["error"].startswith(f"{target}: the mark did not read back from the OGG/")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("backend", "payload", "words"),
+    [("keyed", "1", "too quiet to carry a mark"), ("perth", "ab", "carries no payload")],
+)
+def test_embed_failures_name_the_file_and_stay_json(tmp_path, key, backend, payload, words):
+    source = tmp_path / "silence.wav"
+    sf.write(source, np.zeros(16000 * 3, np.float32), 16000)
+    target = tmp_path / "out.wav"
+    args = [str(source), str(target), "--backend", backend, "--payload", payload]
+    args += ["--key", str(key)] if backend == "keyed" else []
+    text = CliRunner().invoke(cli, ["watermark", "embed", *args])
+    assert text.exit_code == 1 and "Traceback" not in text.output
+    assert text.stderr.startswith(f"error: {source}: ") and words in text.stderr
+    as_json = CliRunner().invoke(cli, ["watermark", "embed", *args, "--json"])
+    line = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and line["path"] == str(source) and words in line["error"]
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("command", [["watermark", "detect"], ["detect"]])
+def test_an_empty_folder_is_an_error_not_a_silent_pass(tmp_path, key, command):
+    (tmp_path / "empty").mkdir()
+    extra = ["--key", str(key)] if command[0] == "watermark" else []
+    result = CliRunner().invoke(cli, [*command, str(tmp_path / "empty"), *extra])
+    assert result.exit_code == 1
+    assert f"no audio files found in {tmp_path / 'empty'}" in result.output
+
+
 def test_keyed_needs_a_key(run, samples_dir):
     result = CliRunner().invoke(
         cli, ["watermark", "detect", str(samples_dir / "speech")], catch_exceptions=True

@@ -470,6 +470,21 @@ def test_embed_returns_marked_audio_in_the_upload_format(client, samples_dir):
     assert uploads_left(client) == []
 
 
+def test_embed_of_an_upload_named_without_a_known_extension_keeps_its_real_format(
+    client, samples_dir
+):
+    source = samples_dir / SPEECH
+    response = client.post(
+        "/v1/watermark/embed",
+        headers=auth(EMBED_TOKEN),
+        files={"file": ("voice.bin", source.read_bytes())},
+        data={"payload": "2026112A", "key_id": "org"},
+    )
+    assert response.status_code == 200, response.text
+    assert sf.info(io.BytesIO(response.content)).format == sf.info(source).format
+    assert uploads_left(client) == []
+
+
 def test_embed_needs_the_scope_a_payload_and_a_known_key(client):
     clip = wav_bytes(noise(2.0), 16000)
     files = {"file": ("a.wav", clip)}

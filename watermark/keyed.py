@@ -135,8 +135,9 @@ class KeyedBackend:
         if not verification.detected or verification.payload != expected:
             raise WatermarkError(
                 f"the mark did not read back after embedding (p-value {verification.p_value:.2g}, "
-                f"payload {verification.payload}); {marked_seconds:.1f} s of the audio could "
-                "carry it, which is too little or too quiet"
+                + (f"payload {verification.payload}" if verification.payload else "no payload")
+                + f"); {marked_seconds:.1f} s of the audio could carry it, which is too little "
+                "or too quiet"
             )
         return verification
 

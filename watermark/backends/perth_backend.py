@@ -362,7 +362,13 @@ class PerthBackend:
         self.threshold = self.null.threshold if threshold is None else threshold
 
     def embed(self, audio: torch.Tensor, sample_rate: int, payload: str | None) -> EmbedResult:
-        """Mark every channel, then check that the mark reads back (``payload`` is ignored)."""
+        """Mark every channel, then check that the mark reads back.
+
+        PerthNet carries no payload, so one given is refused: accepting it silently would
+        let a caller believe an ID was embedded that no detector can ever read.
+        """
+        if payload is not None:
+            raise WatermarkError("the Perth watermark carries no payload; leave the payload out")
         _check(audio, sample_rate)
         host = audio.float()
         marked, seconds = mark_audio(host, sample_rate)

@@ -25,7 +25,8 @@ import torchaudio.functional
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 
 # What we promise to decode. libsndfile reads more (AIFF, AU, ...), but we test and support these.
-_SUPPORTED_FORMATS = frozenset({"WAV", "FLAC", "OGG", "MP3"})
+# WAVEX is WAV with the extensible header that 24-bit and multichannel writers use.
+_SUPPORTED_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "OGG", "MP3"})
 
 # The container an output extension asks for; only .opus also pins the codec inside it.
 _FORMAT_BY_EXTENSION = {
@@ -89,7 +90,8 @@ def load(path: str | os.PathLike[str], limits: Limits = Limits()) -> tuple[torch
     """Decode a whole file to float32 `(channels, samples)` after the header checks pass.
 
     The returned info counts the frames actually decoded: MP3 headers only estimate the
-    length, and a truncated file holds fewer frames than its header claims.
+    length, and a truncated file holds fewer frames than its header claims (it is judged on
+    what it holds, which is what a player would play).
     """
     with _open(Path(path), limits) as (f, info):
         data = _read(f, info, frames=-1)

@@ -64,7 +64,13 @@ ENV_SERVE_CONFIG = "AUDIOGUARD_SERVE_CONFIG"
 
 STATIC = Path(__file__).resolve().parent / "static"
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_MEDIA_TYPES = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
+_MEDIA_TYPES = {
+    "WAV": "audio/wav",
+    "WAVEX": "audio/wav",
+    "FLAC": "audio/flac",
+    "OGG": "audio/ogg",
+    "MP3": "audio/mpeg",
+}
 _STREAM_CHUNK = 1 << 16
 # The review page runs only its own script and shows the dropped file from a blob: URL.
 _PAGE_HEADERS = {
@@ -264,9 +270,29 @@ def _meta(upload: Upload) -> dict[str, Any]:
         meta = json.loads(text)
     except json.JSONDecodeError as err:
         raise ApiError(400, "bad_request", f"meta is not valid JSON ({err.msg})") from None
+    except RecursionError:  # thousands of nested brackets fit well inside the field limit
+        raise ApiError(400, "bad_request", _TOO_DEEP) from None
     if not isinstance(meta, dict):
         raise ApiError(400, "bad_request", "meta must be a JSON object")
+    if _depth(meta) > MAX_META_DEPTH:  # the policy engine and audit log recurse through it
+        raise ApiError(400, "bad_request", _TOO_DEEP)
     return meta
+
+
+MAX_META_DEPTH = 32
+_TOO_DEEP = f"meta is nested too deeply (at most {MAX_META_DEPTH} levels)"
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value``, without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _content_disposition(filename: str, suffix: str) -> str:

@@ -137,6 +137,14 @@ class ServerConfig:
                     f"guard.keys: the key id {key_id!r} must be its file's name without the "
                     f"extension ({path.name} gives {path.stem!r}); rename one of them"
                 )
+        # Checked here, before any worker starts: a worker that fails to load one prints a
+        # traceback per process instead of this one sentence.
+        files = [(f"guard.keys.{key_id}", path) for key_id, path in self.keys.items()]
+        files += [("guard.detector_head", self.detector_head)]
+        files += [("guard.audit_signing_key", self.audit_signing_key)]
+        for name, path in files:
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: {path} does not exist or is not a file")
         return self
 
     @property

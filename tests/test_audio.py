@@ -191,6 +191,13 @@ def test_truncated_mp3_reports_the_frames_it_decoded_not_the_header_estimate(tmp
     assert info.frames == wave.shape[1] < 40000
 
 
+@pytest.mark.parametrize(("channels", "subtype"), [(1, "PCM_24"), (6, "PCM_16")])
+def test_extensible_wav_from_24_bit_and_multichannel_writers_is_read(tmp_path, channels, subtype):
+    path = write(tmp_path / "x.wav", signal(16000, channels), 16000, "WAVEX", subtype)
+    samples, info = audio.load(path)
+    assert info.format == "WAVEX" and samples.shape == (channels, 16000)
+
+
 def test_truncated_wav_header_is_refused(tmp_path):
     full = write(tmp_path / "full.wav", signal(16000, 1), 16000, "WAV", "PCM_16")
     path = tmp_path / "cut.wav"

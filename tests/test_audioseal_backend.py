@@ -77,6 +77,14 @@ def test_unmarked_noise_and_silence_are_not_detected(backend):
     assert not backend.detect(torch.zeros(1, 3 * 16_000), 16_000).detected
 
 
+@pytest.mark.parametrize("samples", [10, 100, 8000])
+def test_audio_shorter_than_one_calibrated_window_is_not_judged(backend, samples):
+    with pytest.raises(WatermarkError, match="needs at least 1 s"):
+        backend.detect(torch.zeros(1, samples), 16000)
+    with pytest.raises(WatermarkError, match="needs at least 1 s"):
+        backend.embed(torch.zeros(1, samples), 16000, "beef")
+
+
 def test_segments_cover_the_marked_stretch(backend):
     music, rate = _read("music/pathological_background.flac")
     speech, _ = _read("speech/warzone_tutorial_tut73.flac")

@@ -121,6 +121,14 @@ guard:
 """
     )
     config = load_config(config_file, environ={"AUDIOGUARD_API_KEYS": "ci:s3cret:scan+embed"})
+    # Files the config names must exist before any worker starts (each would print a traceback).
+    with pytest.raises(ConfigError, match=r"guard\.keys\.org: .*org\.key does not exist"):
+        config.validate()
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    (tmp_path / "keys" / "org.key").write_text("key")
+    with pytest.raises(ConfigError, match=r"guard\.audit_signing_key: .*audit\.pem does not"):
+        config.validate()
+    (tmp_path / "audit.pem").write_text("pem")
     config.validate()
     assert (config.host, config.port, config.docs) == ("0.0.0.0", 9000, False)
     assert [k.id for k in config.api_keys] == ["moderation", "ci"]
@@ -335,6 +343,8 @@ def test_scan_with_another_policy_and_bad_fields(client):
         ({"policy": "no-such-policy"}, "unknown_policy"),
         ({"meta": "{not json"}, "bad_request"),
         ({"meta": "[1, 2]"}, "bad_request"),
+        ({"meta": '{"a": ' * 5000 + "1" + "}" * 5000}, "bad_request"),  # was a 500
+        ({"meta": '{"a": ' * 40 + "1" + "}" * 40}, "bad_request"),
         ({"colour": "red"}, "bad_request"),
     ):
         response = client.post(

@@ -63,6 +63,8 @@ FRAME = 160
 """Samples per 10 ms frame at 16 kHz: the unit of segments and of the window score."""
 WINDOW_FRAMES = 100
 """The score is computed over 1 s windows; the null distribution is of 1 s windows too."""
+MIN_SECONDS = WINDOW_FRAMES * FRAME / MODEL_RATE
+"""Shorter audio is not judged: no calibrated window fits in it."""
 HOP_FRAMES = 50
 BLOCK_SECONDS = 20
 CONTEXT_SECONDS = 1
@@ -522,6 +524,11 @@ class AudioSealBackend:
         """Mark every channel with the same 16 bits and verify that the mark reads back."""
         audio = _as_channels(audio)
         bits = parse_payload(payload)
+        if audio.shape[-1] < MIN_SECONDS * sample_rate:  # before spending the generator on it
+            raise WatermarkError(
+                f"the AudioSeal watermark needs at least {MIN_SECONDS:g} s of audio, "
+                f"got {audio.shape[-1] / sample_rate:.2f} s"
+            )
         delta = self._watermark(audio, sample_rate, bits)
         marked = (audio + delta).clamp(-1.0, 1.0)
         verification = self.detect(marked, sample_rate)
@@ -576,6 +583,14 @@ class AudioSealBackend:
         raise a false alarm.
         """
         audio = _as_channels(audio)
+        seconds = audio.shape[-1] / sample_rate
+        if seconds < MIN_SECONDS:
+            # The null distribution is of whole 1 s windows; the mean of a few frames swings
+            # far wider, and ten samples of silence once read as a mark at p = 1e-4.
+            raise WatermarkError(
+                f"the AudioSeal watermark needs at least {MIN_SECONDS:g} s of audio to be "
+                f"judged, got {seconds:.2f} s"
+            )
         frames = self._frames(audio, sample_rate)
         scores = [_window_scores(f.log_odds) for f in frames]
         best = max(range(len(frames)), key=lambda c: float(scores[c].max()))

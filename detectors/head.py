@@ -115,6 +115,10 @@ class LogisticHead:
 
     @classmethod
     def _from_dict(cls, data: dict) -> LogisticHead:
+        sizes = {k: np.asarray(data[k]).shape for k in ("mean", "scale", "coef")}
+        if len(set(sizes.values())) != 1 or len(sizes["coef"]) != 1:
+            # Caught here, not as a matrix-shape error on the first file scored.
+            raise ValueError(f"mean, scale and coef must be vectors of one length, got {sizes}")
         return cls(
             backbone=data["backbone"],
             layers=list(data["layers"]),

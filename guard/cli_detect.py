@@ -131,11 +131,17 @@ def evaluate(real: str, synthetic: str, head: str | None, as_json: bool) -> None
             failed += 1
             continue
         if result.synthetic_probability is None:
+            click.echo(f"skipped: {path}: the speech gate heard no speech to judge", err=True)
             continue
         labels.append(label)
         scores.append(result.synthetic_probability)
         groups.append(group)
     overall = score(labels, scores)
+    if overall.eer is None:  # an EER needs both classes; exit 0 here would read as a pass
+        raise click.ClickException(
+            f"no EER: {overall.n_real} real files ({real}) and {overall.n_synthetic} synthetic "
+            f"files ({synthetic}) got a verdict; both need speech the detector can judge"
+        )
     folders = breakdown(labels, scores, groups)
     if as_json:
         report = {"model": detector.model_id, "overall": overall.to_dict()}

@@ -105,6 +105,11 @@ def test_head_round_trips_through_json(tmp_path: Path):
     again = LogisticHead.load(tmp_path / "head.json")
     assert np.allclose(again.predict_proba(X), head.predict_proba(X))
     assert score(y.tolist(), head.logits(X).tolist()).auc > 0.9
+    data = json.loads((tmp_path / "head.json").read_text())
+    data["coef"] = data["coef"][:3]  # used to fail as a matmul shape error on the first file
+    (tmp_path / "short.json").write_text(json.dumps(data))
+    with pytest.raises(DetectorError, match=r"short\.json: damaged detector head .*one length"):
+        LogisticHead.load(tmp_path / "short.json")
 
 
 def test_a_pickle_or_foreign_json_is_refused(tmp_path: Path):
@@ -349,3 +354,16 @@ def test_cli_fit_then_eval_with_the_new_head(labelled, tmp_path: Path):
     assert report["overall"]["n_synthetic"] == len(list(synthetic.iterdir()))
     assert report["overall"]["auc"] > 0.9
     assert set(report["folders"]) == {"real/.", "synthetic/."}
+
+
+def test_cli_eval_without_both_classes_fails_and_names_what_it_skipped(labelled, tmp_path: Path):
+    real, _ = labelled
+    music = tmp_path / "music"
+    music.mkdir()
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    sf.write(music / "organ.wav", 0.3 * np.sin(2 * np.pi * 220 * t), rate)
+    result = _cli("detectors", "eval", "--real", str(real), "--synthetic", str(music))
+    assert result.exit_code == 1
+    assert f"skipped: {music / 'organ.wav'}: the speech gate heard no speech" in result.output
+    assert f"0 synthetic files ({music}) got a verdict" in result.output

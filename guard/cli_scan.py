@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from guard import audio as audio_io
-from guard.guard import Guard, GuardConfig
+from guard.guard import Guard, GuardConfig, parse_meta
 from guard.progress import audio_files, progress
 from guard.report import report_path_problem, summarize, write_report
 from policies import ACTIONS, AuditLogError, PolicyError, head_hash
@@ -69,12 +69,9 @@ def _parse_meta(_ctx: click.Context, _param: click.Parameter, value: str | None)
     if value is None:
         return {}
     try:
-        meta = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(meta, dict):
-        raise click.BadParameter('must be a JSON object, e.g. {"uploader": "alice"}')
-    return meta
+        return parse_meta(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def guard_options(command: Callable) -> Callable:

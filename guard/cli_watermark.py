@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from guard import audio as audio_io
-from guard.progress import each_audio_file
+from guard.progress import each_audio_file, emit_error
 from watermark.keyed import EMBED_CHUNK_SECONDS, KeyedBackend
 from watermark.keys import read_key, write_key
 from watermark.registry import BACKENDS, create_backend
@@ -95,10 +95,7 @@ def embed(
         message = str(exc)
         if not message.startswith((f"{source}:", f"{target}:")):
             message = f"{source}: {message}"
-        if as_json:
-            click.echo(json.dumps({"path": source, "error": message}))
-        else:
-            click.echo(f"error: {message}", err=True)
+        emit_error(source, message, as_json)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(report))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,41 @@ class Guard:
                 "policy": {"name": decision.policy_name, "version": decision.policy_version},
             }
         )
+
+
+MAX_META_DEPTH = 32
+
+
+def parse_meta(text: str) -> dict[str, Any]:
+    """The caller's metadata (the facts ``meta.*``) from JSON text, for the CLI and the service.
+
+    Raises ValueError with a sentence. Nesting is bounded: thousands of brackets fit in a
+    small field, and json, the policy engine and the audit log all recurse through them.
+    """
+    too_deep = f"meta is nested too deeply (at most {MAX_META_DEPTH} levels)"
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"meta is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    if not isinstance(meta, dict):
+        raise ValueError('meta must be a JSON object, e.g. {"uploader": "alice"}')
+    if _depth(meta) > MAX_META_DEPTH:
+        raise ValueError(too_deep)
+    return meta
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value``, without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def samples_sha256(audio: torch.Tensor) -> str:

@@ -37,12 +37,12 @@ def audio_files(paths: Iterable[str]) -> list[Path]:
     return files
 
 
-def emit_error(path: Path, exc: Exception, as_json: bool) -> None:
+def emit_error(path: Path | str, problem: Exception | str, as_json: bool) -> None:
     """Report one input that could not be processed; the command goes on with the others."""
     if as_json:
-        click.echo(json.dumps({"path": str(path), "error": str(exc)}))
+        click.echo(json.dumps({"path": str(path), "error": str(problem)}))
     else:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {problem}", err=True)
 
 
 def each_audio_file(

@@ -16,7 +16,6 @@ Guard from the same configuration before it accepts a request.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guard import audio as audio_io
-from guard.guard import Guard, GuardConfig
+from guard.guard import Guard, GuardConfig, parse_meta
 from guard.server_auth import Authenticator, Principal, require_scope
 from guard.server_config import ENV_CONFIG, ServerConfig, load_config
 from guard.server_errors import ApiError, error_response
@@ -267,32 +266,9 @@ def _meta(upload: Upload) -> dict[str, Any]:
     if text is None or not text.strip():
         return {}
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ApiError(400, "bad_request", f"meta is not valid JSON ({err.msg})") from None
-    except RecursionError:  # thousands of nested brackets fit well inside the field limit
-        raise ApiError(400, "bad_request", _TOO_DEEP) from None
-    if not isinstance(meta, dict):
-        raise ApiError(400, "bad_request", "meta must be a JSON object")
-    if _depth(meta) > MAX_META_DEPTH:  # the policy engine and audit log recurse through it
-        raise ApiError(400, "bad_request", _TOO_DEEP)
-    return meta
-
-
-MAX_META_DEPTH = 32
-_TOO_DEEP = f"meta is nested too deeply (at most {MAX_META_DEPTH} levels)"
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and objects nest in ``value``, without recursing."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
+        return parse_meta(text)
+    except ValueError as err:
+        raise ApiError(400, "bad_request", str(err)) from None
 
 
 def _content_disposition(filename: str, suffix: str) -> str:

@@ -410,18 +410,18 @@ def _check_appendable(path: Path) -> None:
     if path.is_dir():
         raise AuditLogError(f"{path}: cannot write the audit log there, it is a folder")
     lock = _lock_path(path)
-    for target, flags, what in (
-        (lock, os.O_RDWR | os.O_CREAT, f"its lock file {lock} cannot be created"),
-        (path, os.O_RDWR | os.O_APPEND, "it cannot be opened for appending"),
-    ):
-        if target is path and not path.exists():
-            continue
-        try:
-            os.close(os.open(target, flags, 0o644))
-        except OSError as exc:
-            raise AuditLogError(
-                f"{path}: cannot write the audit log, {what} ({exc.strerror or exc})"
-            ) from None
+    _open_or_refuse(path, lock, os.O_RDWR | os.O_CREAT, f"its lock file {lock} cannot be created")
+    if path.exists():
+        _open_or_refuse(path, path, os.O_RDWR | os.O_APPEND, "it cannot be opened for appending")
+
+
+def _open_or_refuse(log: Path, target: Path, flags: int, what: str) -> None:
+    try:
+        os.close(os.open(target, flags, 0o644))
+    except OSError as exc:
+        raise AuditLogError(
+            f"{log}: cannot write the audit log, {what} ({exc.strerror or exc})"
+        ) from None
 
 
 def _lock_path(path: Path) -> Path:

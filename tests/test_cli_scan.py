@@ -165,7 +165,7 @@ def test_policy_file_reads_caller_metadata(tmp_path, uploads):
     assert allowed.exit_code == 0 and json_lines(allowed.stdout)[0]["decision"] == "allow"
 
 
-@pytest.mark.parametrize("meta", ["not json", "[1, 2]"])
+@pytest.mark.parametrize("meta", ["not json", "[1, 2]", '{"a": ' * 5000 + "1" + "}" * 5000])
 def test_bad_meta_is_a_usage_error(uploads, meta):
     result = CliRunner().invoke(cli, ["scan", str(uploads["marked"]), "--meta", meta, *FAST])
     assert result.exit_code == 2

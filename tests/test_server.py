@@ -448,15 +448,21 @@ def test_not_multipart_and_no_key(client):
     assert client.get("/v1/policies").status_code == 401
 
 
-def test_embed_returns_marked_audio_in_the_upload_format(client, samples_dir):
-    source = samples_dir / SPEECH
+def embed_speech(client, samples_dir, filename: str):
+    """POST the speech sample to the embed endpoint under ``filename``; fail unless it is 200."""
     response = client.post(
         "/v1/watermark/embed",
         headers=auth(EMBED_TOKEN),
-        files={"file": ("voice.flac", source.read_bytes())},
+        files={"file": (filename, (samples_dir / SPEECH).read_bytes())},
         data={"payload": "2026112A", "key_id": "org"},
     )
     assert response.status_code == 200, response.text
+    return response
+
+
+def test_embed_returns_marked_audio_in_the_upload_format(client, samples_dir):
+    source = samples_dir / SPEECH
+    response = embed_speech(client, samples_dir, "voice.flac")
     assert response.headers["content-type"] == "audio/flac"
     assert response.headers["x-audioguard-verified"] == "true"
     assert response.headers["x-audioguard-payload"] == "2026112a"
@@ -484,13 +490,7 @@ def test_embed_of_an_upload_named_without_a_known_extension_keeps_its_real_forma
     client, samples_dir
 ):
     source = samples_dir / SPEECH
-    response = client.post(
-        "/v1/watermark/embed",
-        headers=auth(EMBED_TOKEN),
-        files={"file": ("voice.bin", source.read_bytes())},
-        data={"payload": "2026112A", "key_id": "org"},
-    )
-    assert response.status_code == 200, response.text
+    response = embed_speech(client, samples_dir, "voice.bin")
     assert sf.info(io.BytesIO(response.content)).format == sf.info(source).format
     assert uploads_left(client) == []
 

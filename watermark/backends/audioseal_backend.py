@@ -480,6 +480,20 @@ def _segments(prob: torch.Tensor) -> tuple[Segment, ...]:
     )
 
 
+def _require_length(audio: torch.Tensor, sample_rate: int) -> None:
+    """Refuse audio shorter than one calibrated window.
+
+    The null distribution is of whole 1 s windows; the mean of a few frames swings far
+    wider, and ten samples of silence once read as a mark at p = 1e-4.
+    """
+    seconds = audio.shape[-1] / sample_rate
+    if seconds < MIN_SECONDS:
+        raise WatermarkError(
+            f"the AudioSeal watermark needs at least {MIN_SECONDS:g} s of audio, "
+            f"got {seconds:.2f} s"
+        )
+
+
 def _window_scores(log_odds: torch.Tensor, hop: int = HOP_FRAMES) -> torch.Tensor:
     """Mean frame log-odds over every 1 s window (the whole input if it is shorter)."""
     if log_odds.shape[-1] <= WINDOW_FRAMES:
@@ -524,11 +538,7 @@ class AudioSealBackend:
         """Mark every channel with the same 16 bits and verify that the mark reads back."""
         audio = _as_channels(audio)
         bits = parse_payload(payload)
-        if audio.shape[-1] < MIN_SECONDS * sample_rate:  # before spending the generator on it
-            raise WatermarkError(
-                f"the AudioSeal watermark needs at least {MIN_SECONDS:g} s of audio, "
-                f"got {audio.shape[-1] / sample_rate:.2f} s"
-            )
+        _require_length(audio, sample_rate)  # before spending the generator on it
         delta = self._watermark(audio, sample_rate, bits)
         marked = (audio + delta).clamp(-1.0, 1.0)
         verification = self.detect(marked, sample_rate)
@@ -583,14 +593,7 @@ class AudioSealBackend:
         raise a false alarm.
         """
         audio = _as_channels(audio)
-        seconds = audio.shape[-1] / sample_rate
-        if seconds < MIN_SECONDS:
-            # The null distribution is of whole 1 s windows; the mean of a few frames swings
-            # far wider, and ten samples of silence once read as a mark at p = 1e-4.
-            raise WatermarkError(
-                f"the AudioSeal watermark needs at least {MIN_SECONDS:g} s of audio to be "
-                f"judged, got {seconds:.2f} s"
-            )
+        _require_length(audio, sample_rate)
         frames = self._frames(audio, sample_rate)
         scores = [_window_scores(f.log_odds) for f in frames]
         best = max(range(len(frames)), key=lambda c: float(scores[c].max()))

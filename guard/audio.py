@@ -68,6 +68,13 @@ class AudioInfo:
         """Seconds of audio."""
         return self.frames / self.sample_rate
 
+    @property
+    def extension(self) -> str:
+        """The extension that names this file's format, whatever the file was called."""
+        if self.format == "OGG" and self.subtype == "OPUS":
+            return ".opus"
+        return ".wav" if self.format == "WAVEX" else f".{self.format.lower()}"
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -175,8 +175,9 @@ class Guard:
         probability, segments, speech = None, [], None
         if self.detector is not None:
             result = self.detector.predict(audio, sample_rate)
-            probability = result.synthetic_probability
-            segments = [s.to_dict() for s in result.segments]
+            # The policy decides on the figures `detect` prints, rounded the same way.
+            found = result.to_dict()
+            probability, segments = found["synthetic_probability"], found["segments"]
             speech = result.speech_seconds
         return {
             "synthetic_probability": probability,

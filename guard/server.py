@@ -500,13 +500,16 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
                             422, "not_marked", f"{upload.filename}: not marked ({reason})"
                         )
                     # An upload named .bin or .dat that decoded is written back in the
-                    # format it really has (``like``); only a known extension is kept.
+                    # format it really has, and named for it; a known extension is kept.
                     suffix = upload.path.suffix.lower()
-                    out = folder / f"marked{suffix if suffix in audio_io.AUDIO_EXTENSIONS else ''}"
-                    written = audio_io.save(out, result.audio, info.sample_rate, like=info)
+                    if suffix not in audio_io.AUDIO_EXTENSIONS:
+                        suffix = info.extension
+                    written = audio_io.save(
+                        folder / f"marked{suffix}", result.audio, info.sample_rate, like=info
+                    )
                     # Open before the folder is removed; the data lives until the handle
                     # closes, so nothing is left behind even if the client goes away.
-                    return result, out.open("rb"), written
+                    return result, Path(written.path).open("rb"), written
 
                 result, handle, written = await service.run(work)
                 size = os.fstat(handle.fileno()).st_size
@@ -515,7 +518,7 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
         detection = result.detection or {}
         headers = {
             "Content-Length": str(size),
-            "Content-Disposition": _content_disposition(upload.filename, upload.path.suffix),
+            "Content-Disposition": _content_disposition(upload.filename, Path(written.path).suffix),
             "X-Audioguard-Verified": "true" if result.verified else "false",
             "X-Audioguard-P-Value": f"{detection.get('p_value') or 1.0:.3g}",
             "X-Audioguard-Payload": detection.get("payload") or "",

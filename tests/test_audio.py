@@ -379,3 +379,18 @@ def test_sha256_file_matches_hashlib(tmp_path):
     content = np.random.default_rng(3).bytes(3_000_000)
     path.write_bytes(content)
     assert audio.sha256_file(path) == hashlib.sha256(content).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "extension"),
+    [
+        ("WAVEX", "PCM_24", ".wav"),
+        ("OGG", "OPUS", ".opus"),
+        ("OGG", "VORBIS", ".ogg"),
+        ("FLAC", "PCM_16", ".flac"),
+        ("MP3", "MPEG_LAYER_III", ".mp3"),
+    ],
+)
+def test_the_extension_names_the_format_the_file_really_has(fmt, subtype, extension):
+    info = AudioInfo("upload.bin", 16000, 1, 16000, fmt, subtype)
+    assert info.extension == extension

@@ -242,3 +242,12 @@ def test_scan_signs_its_audit_log_with_the_key_given(tmp_path, uploads):
         bad = invoke("scan", *args[:3], "--audit-signing-key", wrong, "--no-detector", *FAST)
         assert bad.exit_code == 1 and problem in bad.output, bad.output
         assert "Traceback" not in bad.output
+
+
+def test_scan_reports_the_probability_detect_prints(uploads):
+    """The policy decides on the figure a person sees, not on digits `detect` rounds away."""
+    marked = uploads["marked"]
+    (scanned,) = json_lines(invoke("scan", marked, "--json", *FAST).stdout)
+    (detected,) = json_lines(invoke("detect", marked, "--json").stdout)
+    assert scanned["synthetic_probability"] == detected["synthetic_probability"]
+    assert scanned["segments"] == detected["segments"]

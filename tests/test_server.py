@@ -492,6 +492,7 @@ def test_embed_of_an_upload_named_without_a_known_extension_keeps_its_real_forma
     source = samples_dir / SPEECH
     response = embed_speech(client, samples_dir, "voice.bin")
     assert sf.info(io.BytesIO(response.content)).format == sf.info(source).format
+    assert 'filename="voice.marked.flac"' in response.headers["content-disposition"]
     assert uploads_left(client) == []
 
 

@@ -367,3 +367,26 @@ def test_cli_eval_without_both_classes_fails_and_names_what_it_skipped(labelled,
     assert result.exit_code == 1
     assert f"skipped: {music / 'organ.wav'}: the speech gate heard no speech" in result.output
     assert f"0 synthetic files ({music}) got a verdict" in result.output
+
+
+def test_the_speech_gate_runs_silero_step_by_step_arithmetic():
+    """The gate runs Silero's LSTM cell as one ``nn.LSTM`` sequence; it must give what
+    stepping the cell chunk by chunk, as Silero does, gives."""
+    gate = speech_model()
+    clip = to_model_input(*read_sample("speech/warzone_tutorial_tut73.flac"))
+    cell = torch.nn.LSTMCell(128, 128)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        getattr(cell, name).data = getattr(gate.lstm, f"{name}_l0").data
+    captured = {}
+    hook = gate.lstm.register_forward_hook(lambda _m, inputs, _o: captured.update(x=inputs[0]))
+    fast = gate(clip)
+    hook.remove()
+    h = c = torch.zeros(1, 128)
+    steps = []
+    with torch.inference_mode():
+        for step in captured["x"]:
+            h, c = cell(step[None], (h, c))
+            steps.append(h)
+        slow = gate.final_conv(torch.cat(steps).relu()[..., None]).sigmoid().flatten()
+    assert fast.shape == slow.shape and fast.numel() > 100
+    assert torch.allclose(fast, slow, atol=1e-5)

@@ -332,12 +332,10 @@ def compare_trainings(
     ]
     for name, folder, detector, on_test, on_ind in rows:
         card = cards[folder]
-        training, machine = card["training"], card.get("machine", "a CPU")
+        training = card["training"]
         ind = fmt(on_ind).split(" | ")[0] if on_ind is not None else "–"
-        pre = card.get("pretraining", {}).get("minutes")
         lines.append(
-            f"| {name} (seed {training['seed']}) | {f'{pre:g} min pre-training, ' if pre else ''}"
-            f"{training['steps']} steps in {training['minutes']:g} min on {machine} | "
+            f"| {name} (seed {training['seed']}) | {short_training(card)} | "
             f"{100 * head_val_eer(detector):.1f}%{other_build(card, recipe)} | "
             f"{fmt(on_test).split(' | ')[0]} | {ind} |"
         )
@@ -350,25 +348,45 @@ def other_build(card: dict, recipe: dict[str, object]) -> str:
     return "" if built_from == recipe else f" (recipe-{built_from.get('version')} build's val)"
 
 
-def shipped_training(recipe: dict[str, object]) -> str:
-    """How the shipped backbone was trained, from its card, so a table names its recipe, and
-    whether that was another build of the corpus than the one scored here."""
-    card = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())
+def short_training(card: dict) -> str:
+    """One cell's worth of how a backbone was trained, and what it started from."""
+    training, pre = card["training"], card.get("pretraining", {}).get("minutes")
+    text = f"{f'{pre:g} min pre-training, ' if pre else ''}{training['steps']} steps in "
+    text += f"{training['minutes']:g} min on {card.get('machine', 'a CPU')}"
+    source = card.get("initialised_from")
+    return f"{text}, from a backbone of {short_training(source)}" if source else text
+
+
+def training_text(card: dict) -> str:
+    """How one backbone was trained, in a sentence, from its card."""
     training, pre = card["training"], card.get("pretraining", {})
     text = (
-        f"Shipped backbone: {training['steps']} steps of batch {training['batch']} in "
+        f"{training['steps']} steps of batch {training['batch']} in "
         f"{training['minutes']:g} min on {card.get('machine', 'a CPU')}"
     )
     if pre.get("minutes"):
         text += f", after {pre['minutes']:g} min of {pre['method']}"
-    note = card["trained_on"].get("note")
-    text += f". {note}." if note else "."
-    if other_build(card, recipe):
+    built = card["trained_on"]
+    text += f", on the recipe-{built['recipe'].get('version')} build"
+    note = built.get("note")
+    return f"{text} ({note})" if note else text
+
+
+def shipped_training(recipe: dict[str, object]) -> str:
+    """How the shipped backbone was trained, from its card, so a table names its recipe, and
+    whether that was another build of the corpus than the one scored here."""
+    card = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())
+    text = f"Shipped backbone: {training_text(card)}"
+    source = card.get("initialised_from")
+    if source:
+        text += f"; it started from a backbone trained with {training_text(source)}"
+    text += "."
+    if any(other_build(c, recipe) for c in (card, source) if c):
         text += (
-            f" It was trained on the recipe-{card['trained_on']['recipe'].get('version')} build, "
-            f"not this one (recipe {recipe['version']}); recipes 1 to 3 put the same packages in "
-            "the test split (`sources.REAL_SOURCES` fixes each package's split), so it never "
-            "heard a test source."
+            f" Part of its training was on another build, not this one (recipe "
+            f"{recipe['version']}); recipes 1 to 3 put the same packages in the test split "
+            "(`sources.REAL_SOURCES` fixes each package's split), so no training heard a test "
+            "source."
         )
     return text
 

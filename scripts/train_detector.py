@@ -38,7 +38,7 @@ from detectors.training import (  # noqa: E402
 )
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "detectors" / "weights"
-VERSION = 1
+VERSION = 2
 
 
 def choose_embedding(depth: int, pools: dict[str, list], clips: dict[str, list[Clip]], log) -> dict:
@@ -105,7 +105,11 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
         exclude_families=tuple(args.exclude_family),
     )
     frames = frames_for(settings.window_s)
-    init = None
+    init = None if args.init_from is None else load_compact(args.init_from / "compact_ast").model
+    started_from = {}
+    if args.init_from is not None:
+        source = json.loads((args.init_from / "compact_ast.json").read_text())
+        started_from = {"initialised_from": {k: v for k, v in source.items() if k != "config"}}
     if args.pretrain_minutes > 0:
         unlabelled = clips["train"] + clips["val"]
         init = pretrain(
@@ -118,8 +122,9 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
         {
             "name": "compact-ast",
             "version": VERSION,
-            "what": "A 4-layer 192-wide Audio Spectrogram Transformer trained from scratch to "
-            "separate real from synthetic speech; use it through its head.",
+            "what": "A 4-layer 192-wide Audio Spectrogram Transformer trained "
+            + ("further (see initialised_from) " if started_from else "from scratch ")
+            + "to separate real from synthetic speech; use it through its head.",
             "trained_on": corpus_card(args.corpus, clips, args.corpus_note),
             "training": {k: v for k, v in summary.items() if k != "history"},
             "pretraining": {
@@ -130,6 +135,7 @@ def train_and_save(args: argparse.Namespace, clips: dict[str, list[Clip]], start
             "machine": trainer(args.device),
             "validation_history": summary["history"],
             "train_seconds": round(time.time() - started),
+            **started_from,
         },
     )
     return ast
@@ -197,6 +203,13 @@ def parse_args() -> argparse.Namespace:
         help="Masked-patch pre-training on the train and val audio (labels unused) first.",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="Start from the backbone in this folder (its compact_ast.*) instead of random "
+        "weights: fine-tune a trained backbone on another build or without a transport codec.",
+    )
+    parser.add_argument(
         "--backbone-only",
         action="store_true",
         help="Write the backbone and stop; fit its head later with --head-for (the corpus "
@@ -224,8 +237,10 @@ def parse_args() -> argparse.Namespace:
         if args.out.resolve() == WEIGHTS:
             parser.error("a fold's backbone must not replace the shipped one: give --out DIR")
         args.backbone_only = True
+    if args.init_from is not None and args.pretrain_minutes:
+        parser.error("--init-from starts from a trained backbone: no --pretrain-minutes")
     if args.head_for is not None and (
-        args.backbone_only or args.pretrain_minutes or args.exclude_family
+        args.backbone_only or args.pretrain_minutes or args.exclude_family or args.init_from
     ):
         parser.error("--head-for fits a head on a trained backbone: no training options")
     return args

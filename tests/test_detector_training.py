@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,33 @@ def test_a_training_from_another_build_is_named_as_such():
     newer = {**same, "version": 3}
     assert other_build(card, same) == ""
     assert other_build(card, newer) == " (recipe-1 build's val)"
-    shipped = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())["trained_on"]["recipe"]
-    assert "not this one" not in shipped_training(shipped)
+    card = json.loads((SHIPPED_DIR / "compact_ast.json").read_text())
+    shipped = card["trained_on"]["recipe"]
+    started = card.get("initialised_from", {}).get("trained_on", {}).get("recipe", shipped)
+    assert ("not this one" in shipped_training(shipped)) == (started != shipped)
     assert "not this one (recipe 99)" in shipped_training({**shipped, "version": 99})
+
+
+def test_a_backbone_trained_further_starts_from_the_source_and_keeps_its_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    script = _train_detector_script()
+    source = ASTModel(compact_config(max_length=frames_for(3.0)))
+    source_card = {"version": 1, "training": {"steps": 6000}, "trained_on": {"note": "GPU"}}
+    save_compact(source, tmp_path / "src" / "compact_ast", source_card)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "corpus.json").write_text(json.dumps({"recipe": {"version": 3}}))
+    argv = ["train_detector.py", "--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path)]
+    argv += ["--init-from", str(tmp_path / "src"), "--minutes", "0", "--backbone-only"]
+    monkeypatch.setattr("sys.argv", argv)
+    args = script.parse_args()
+    clips = {"train": _clips(8, 3.5, 0), "val": _clips(4, 3.5, 1)}
+    trained = script.train_and_save(args, clips, time.time())  # no time: no step taken
+    for name, weight in source.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], weight)
+    card = json.loads((tmp_path / "compact_ast.json").read_text())
+    assert card["initialised_from"] == source_card
+    assert "trained further" in card["what"] and card["trained_on"]["recipe"]["version"] == 3
+    monkeypatch.setattr("sys.argv", [*argv, "--pretrain-minutes", "1"])
+    with pytest.raises(SystemExit):  # a trained backbone is not pre-trained again
+        script.parse_args()

@@ -13,7 +13,7 @@ import os
 import secrets
 import stat
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional
+
+from guard.native_messages import decoder_messages
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 
@@ -293,7 +295,8 @@ def _open(path: Path, limits: Limits) -> Iterator[tuple[sf.SoundFile, AudioInfo]
     """
     _check_size(path, limits)
     try:
-        f = sf.SoundFile(path)
+        with _quiet(path, _may_be_mp3(path)):
+            f = sf.SoundFile(path)
     except sf.SoundFileError as err:
         # libsndfile's own messages can mislead (an undecodable .mp3 "does not exist"), so
         # the user gets ours and --debug gets the chained original.
@@ -311,6 +314,20 @@ def _open(path: Path, limits: Limits) -> Iterator[tuple[sf.SoundFile, AudioInfo]
         )
         _check_header(info, limits)
         yield f, info
+
+
+def _quiet(path: str | Path, mp3: bool) -> AbstractContextManager[None]:
+    """Only libmpg123 prints to stderr; the other decoders need no capture (and no lock)."""
+    return decoder_messages(path) if mp3 else nullcontext()
+
+
+def _may_be_mp3(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError:
+        return True
+    return magic not in (b"RIFF", b"RF64", b"fLaC", b"OggS")
 
 
 def _check_size(path: Path, limits: Limits) -> None:
@@ -358,7 +375,8 @@ def _check_header(info: AudioInfo, limits: Limits) -> None:
 
 def _read(f: sf.SoundFile, info: AudioInfo, frames: int) -> np.ndarray:
     try:
-        return f.read(frames, dtype="float32", always_2d=True)
+        with _quiet(info.path, info.format == "MP3"):
+            return f.read(frames, dtype="float32", always_2d=True)
     except sf.SoundFileError as err:
         raise AudioError(info.path, "is damaged and could not be decoded") from err
 

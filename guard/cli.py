@@ -6,6 +6,7 @@ Errors a user can act on (a bad file, a missing key) become one sentence on stde
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -29,6 +30,8 @@ USER_ERRORS = (AudioError, WatermarkError, OSError, ValueError)
 def cli(ctx: click.Context, debug: bool) -> None:
     """Responsible-audio safety: keyed watermarks, detection and policies."""
     ctx.obj = {"debug": debug}
+    if debug:
+        show_debug_log()
 
 
 cli.add_command(watermark)
@@ -39,6 +42,15 @@ cli.add_command(policy)
 cli.add_command(audit)
 audit.add_command(audit_report)  # `audit DIR --report FILE.html`, see AuditGroup
 cli.add_command(serve)
+
+
+def show_debug_log() -> None:
+    """Our own loggers (``guard.*``, such as the decoders' warnings) to stderr, nobody else's."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("debug: %(message)s"))
+    logger = logging.getLogger("guard")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 
 from guard import audio
 from guard.audio import AudioError, AudioInfo, Limits
+from guard.native_messages import decoder_messages
 
 
 def signal(rate: int, channels: int, seconds: float = 1.0, amplitude: float = 0.3) -> np.ndarray:
@@ -189,6 +192,34 @@ def test_truncated_mp3_reports_the_frames_it_decoded_not_the_header_estimate(tmp
 
     assert audio.probe(path).frames == 64000  # the header still promises the whole file
     assert info.frames == wave.shape[1] < 40000
+
+
+def test_mp3_decoder_warnings_reach_the_debug_log_not_the_terminal(tmp_path, capfd, caplog):
+    full = write(
+        tmp_path / "full.mp3", signal(16000, 1, seconds=4.0), 16000, "MP3", "MPEG_LAYER_III"
+    )
+    data = full.read_bytes()
+    path = tmp_path / "spliced.mp3"
+    path.write_bytes(data[: len(data) // 2] + b"junk" * 100 + data[len(data) // 2 :])
+    caplog.set_level(logging.DEBUG, logger="guard.audio")
+
+    audio.load(path)
+    list(audio.iter_blocks(path, 4000))
+
+    assert capfd.readouterr().err == ""  # libmpg123 printed "Illegal Audio-MPEG-Header" here
+    logged = [r.getMessage() for r in caplog.records if r.name == "guard.audio"]
+    assert any(str(path) in m and "MPEG-Header" in m for m in logged)
+
+
+def test_other_stderr_output_while_decoding_is_passed_on(capfd, caplog):
+    caplog.set_level(logging.DEBUG, logger="guard.audio")
+    with decoder_messages("x.mp3"):
+        os.write(2, b"Note: Trying to resync...\nserver: another thread's line\n")
+
+    assert capfd.readouterr().err == "server: another thread's line\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        "x.mp3: decoder says: Note: Trying to resync..."
+    ]
 
 
 @pytest.mark.parametrize(("channels", "subtype"), [(1, "PCM_24"), (6, "PCM_16")])

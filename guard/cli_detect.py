@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from guard import audio as audio_io
-from guard.progress import each_audio_file, progress
+from guard.progress import each_audio_file, progress, say
 
 if TYPE_CHECKING:
     from detectors.evaluation import Scores
@@ -38,10 +38,10 @@ def detect(paths: tuple[str, ...], head: str | None, backbone: str | None, as_js
         if as_json:
             click.echo(json.dumps({"path": str(path), **result.to_dict()}))
         elif result.synthetic_probability is None:
-            click.echo(f"{path}: no speech to judge")
+            say(f"{path}: no speech to judge")
         else:
             worst = max(result.segments, key=lambda s: s.synthetic_probability)
-            click.echo(
+            say(
                 f"{path}: synthetic probability {result.synthetic_probability:.2f} "
                 f"(most synthetic {worst.start:.1f}-{worst.end:.1f} s: "
                 f"{worst.synthetic_probability:.2f})"
@@ -80,12 +80,12 @@ def fit(real: str, synthetic: str, backbone: str | None, out: str) -> None:
         try:
             samples, info = audio_io.load(path)
         except audio_io.AudioError as exc:
-            click.echo(f"skipped: {exc}", err=True)
+            say(f"skipped: {exc}", err=True)
             skipped += 1
             continue
         pools = embed_file(model, samples, info.sample_rate)
         if pools is None:
-            click.echo(f"skipped: {path}: nothing audible", err=True)
+            say(f"skipped: {path}: nothing audible", err=True)
             skipped += 1
             continue
         files.append(FileEmbedding(pools, label, group))
@@ -121,17 +121,17 @@ def evaluate(real: str, synthetic: str, head: str | None, as_json: bool) -> None
         try:
             samples, info = audio_io.load(path)
         except audio_io.AudioError as exc:
-            click.echo(f"skipped: {exc}", err=True)
+            say(f"skipped: {exc}", err=True)
             failed += 1
             continue
         try:
             result = detector.predict(samples, info.sample_rate)
         except DetectorError as exc:
-            click.echo(f"skipped: {path}: {exc}", err=True)
+            say(f"skipped: {path}: {exc}", err=True)
             failed += 1
             continue
         if result.synthetic_probability is None:
-            click.echo(f"skipped: {path}: the speech gate heard no speech to judge", err=True)
+            say(f"skipped: {path}: the speech gate heard no speech to judge", err=True)
             continue
         labels.append(label)
         scores.append(result.synthetic_probability)
@@ -149,9 +149,9 @@ def evaluate(real: str, synthetic: str, head: str | None, as_json: bool) -> None
         click.echo(json.dumps(report))
     else:
         click.echo(f"model {detector.model_id}")
-        click.echo(_line("all", overall))
+        say(_line("all", overall))
         for name, s in folders.items():
-            click.echo(_line(name, s))
+            say(_line(name, s))
     if failed:
         sys.exit(1)
 

@@ -26,6 +26,7 @@ from guard.cli_scan import (
     report_summary,
     run_scan,
 )
+from guard.progress import say
 from guard.report import write_report
 
 
@@ -64,7 +65,7 @@ def audit_report(
     else:
         for result in results:
             if "error" in result:
-                click.echo(f"error: {result['error']}", err=True)
+                say(f"error: {result['error']}", err=True)
         counts = ", ".join(f"{n} {a}" for a, n in summary["decisions"].items())
         click.echo(f"{summary['files']} file(s): {counts}; {summary['errors']} failed")
         if audit_log:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from guard import audio as audio_io
 from guard.guard import Guard, GuardConfig, parse_meta
-from guard.progress import audio_files, progress
+from guard.progress import audio_files, progress, say
 from guard.report import report_path_problem, summarize, write_report
 from policies import ACTIONS, AuditLogError, PolicyError, head_hash
 from watermark.registry import BACKENDS
@@ -336,9 +336,9 @@ def scan(
             return
         with tqdm.external_write_mode():  # lift the progress bar over the line, then redraw it
             if "error" in result:
-                click.echo(f"error: {result['error']}", err=True)
+                say(f"error: {result['error']}", err=True)
             else:
-                click.echo(human_line(result))
+                say(human_line(result))
 
     results = run_scan(
         paths, guard=guard, workers=workers, meta=meta, quiet=as_json, on_result=emit

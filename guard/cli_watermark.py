@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from guard import audio as audio_io
-from guard.progress import each_audio_file, emit_error
+from guard.progress import each_audio_file, emit_error, say
 from watermark.keyed import EMBED_CHUNK_SECONDS, KeyedBackend
 from watermark.keys import read_key, write_key
 from watermark.registry import BACKENDS, create_backend
@@ -101,7 +101,7 @@ def embed(
         click.echo(json.dumps(report))
         return
     check = report["verification"]
-    click.echo(
+    say(
         f"{target}: marked {report['marked_seconds']:.1f} s of {report['duration']:.1f} s "
         f"({report['format']}/{report['subtype']}, {report['sample_rate']} Hz), "
         f"SNR {report['snr_db']:.1f} dB; verified: p-value {check['p_value']:.2g}"
@@ -215,11 +215,11 @@ def _emit_detection(path: Path, found: Detection, as_json: bool) -> None:
         click.echo(json.dumps({"path": str(path), **found.to_dict()}))
         return
     if not found.detected:
-        click.echo(f"{path}: no {found.backend} mark (p-value {found.p_value:.2g})")
+        say(f"{path}: no {found.backend} mark (p-value {found.p_value:.2g})")
         return
     spans = ", ".join(f"{s.start:.1f}-{s.end:.1f} s" for s in found.segments) or "none"
     payload = f", payload {found.payload}" if found.payload else ""
-    click.echo(
+    say(
         f"{path}: {found.backend} mark DETECTED (p-value {found.p_value:.2g}{payload}); "
         f"segments {spans}"
     )

@@ -37,12 +37,27 @@ def audio_files(paths: Iterable[str]) -> list[Path]:
     return files
 
 
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (a newline shows as ``\\n``).
+
+    File names may hold newlines and terminal escape codes. Printed raw, a crafted name could
+    forge a result line for another file in what an auditor reads, or repaint the terminal;
+    JSON output escapes them already.
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line meant for a person (see :func:`one_line`)."""
+    click.echo(one_line(text), err=err)
+
+
 def emit_error(path: Path | str, problem: Exception | str, as_json: bool) -> None:
     """Report one input that could not be processed; the command goes on with the others."""
     if as_json:
         click.echo(json.dumps({"path": str(path), "error": str(problem)}))
     else:
-        click.echo(f"error: {problem}", err=True)
+        say(f"error: {problem}", err=True)
 
 
 def each_audio_file(

@@ -251,3 +251,27 @@ def test_scan_reports_the_probability_detect_prints(uploads):
     (detected,) = json_lines(invoke("detect", marked, "--json").stdout)
     assert scanned["synthetic_probability"] == detected["synthetic_probability"]
     assert scanned["segments"] == detected["segments"]
+
+
+def test_a_file_name_cannot_forge_a_result_line(tmp_path, uploads):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    shutil.copy(uploads["marked"], folder / "b.flac")
+    forged = "a.flac: ALLOW no rule matched\n\x1b[1Aevil.flac"
+    shutil.copy(uploads["marked"], folder / forged)
+    (folder / "c\nbroken.wav").write_bytes(b"RIFF not really a wave file")
+
+    result = invoke("scan", folder, "--key", uploads["key"], *FAST)
+
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2  # one per decoded file, each on its own line
+    assert lines[0].startswith(str(folder / "a.flac: ALLOW no rule matched\\n\\x1b[1Aevil.flac"))
+    assert "LABEL" in lines[0]
+    assert result.stderr.splitlines()[0] == (
+        f"error: {folder}/c\\nbroken.wav: is not a WAV, FLAC, OGG or MP3 file, "
+        "or its header is damaged"
+    )
+    json_paths = [
+        line["path"] for line in json_lines(invoke("scan", folder, *FAST, "--json").stdout)
+    ]
+    assert str(folder / forged) in json_paths  # JSON keeps the real name

@@ -17,7 +17,7 @@ import torchaudio
 from click.testing import CliRunner, Result
 from conftest import read_sample
 
-from detectors import DetectorError, load_detector
+from detectors import DetectorError, frontend, load_detector
 from detectors.backbone import load_backbone, pool, pool_all, select
 from detectors.detector import MIN_SPEECH, MIN_SPEECH_SECONDS, voiced_windows
 from detectors.evaluation import breakdown, equal_error_rate, score
@@ -49,6 +49,15 @@ def test_fbank_matches_the_ast_recipe():
     )
     assert features.shape == (98, 128)
     assert torch.allclose(features, (raw - FBANK_MEAN) / (2 * FBANK_STD))
+
+
+@pytest.mark.parametrize("extra", [0, 159, 160, 399])
+def test_long_input_is_taken_in_blocks_with_the_same_features(monkeypatch, extra):
+    rng = np.random.default_rng(extra)
+    wave = torch.from_numpy(rng.standard_normal(SAMPLE_RATE * 9 + extra).astype("float32"))
+    whole = fbank(wave)
+    monkeypatch.setattr(frontend, "FBANK_BLOCK_FRAMES", 250)
+    assert torch.equal(fbank(wave), whole)
 
 
 def test_model_input_mixes_down_and_resamples():

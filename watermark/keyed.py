@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from scipy.special import log_ndtr
 
 from watermark import coding
 from watermark import keyed_dsp as dsp
+from watermark.resampling import resample
 from watermark.types import DEFAULT_P_THRESHOLD, Detection, EmbedResult, Segment, WatermarkError
 from watermark.types import snr_db as measure_snr
 
@@ -44,10 +44,6 @@ CROP_SCORE = 7.0  # score wanted in every 3 s excerpt that is mostly marked
 CROP_MARKED_SHARE = 0.75
 MIN_MARGIN = 1e-3  # margins are floored here before strength is planned from them
 COARSE_STEPS = 3  # the coarse search tries every third stretch of the fine grid
-
-
-def _resample(x: torch.Tensor, src: int, dst: int) -> torch.Tensor:
-    return x if src == dst else AF.resample(x, src, dst)
 
 
 def _fit(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -220,9 +216,9 @@ class KeyedBackend:
         noise_power = float(host.mean(0).double().square().mean()) * min(1.0, rate / sample_rate)
         noise_power *= 10 ** (-STRESS_NOISE_DB / 10)
         part, active = self._reinforced_delta(
-            _resample(host, sample_rate, rate), codeword, first_frame, params, noise_power
+            resample(host, sample_rate, rate), codeword, first_frame, params, noise_power
         )
-        part = _fit(_resample(part, rate, sample_rate), hi - lo)
+        part = _fit(resample(part, rate, sample_rate), hi - lo)
         frame_times = (torch.arange(active.shape[0]) + first_frame) / frames_per_second
         inside = (frame_times >= start / sample_rate) & (frame_times < stop / sample_rate)
         tally.append(float((active & inside).sum()) / frames_per_second)
@@ -413,7 +409,7 @@ class KeyedBackend:
     def detect(self, audio: torch.Tensor, sample_rate: int) -> Detection:
         self._check_rate(sample_rate)
         rate = self.params.rate
-        mono = _resample(audio.mean(0), sample_rate, rate)
+        mono = resample(audio.mean(0), sample_rate, rate)
         spans = _detector_windows(mono.shape[0], rate)
         found = [self._detect_chunk(mono[s:e], s) for s, e in spans]
         found = [f for f in found if f is not None]
@@ -447,7 +443,7 @@ class KeyedBackend:
         This is what ``benchmarks/keyed_null.py`` measures on unmarked audio to check that
         :meth:`p_value` is conservative.
         """
-        low = _resample(audio.mean(0), sample_rate, self.params.rate)
+        low = resample(audio.mean(0), sample_rate, self.params.rate)
         features = dsp.cumulative_bins(dsp.detector_features(low, self.params))
         quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
         full, _ = dsp.align(features, self._spectra, self.params, self._search)

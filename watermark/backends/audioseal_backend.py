@@ -49,6 +49,7 @@ from audioseal.models import AudioSealDetector, AudioSealWM  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from scipy.stats import chi2  # noqa: E402
 
+from watermark.resampling import resample  # noqa: E402
 from watermark.types import (  # noqa: E402
     Detection,
     EmbedResult,
@@ -403,7 +404,7 @@ def _blocks(samples: int, rate: int) -> list[_Block]:
 
 
 def _to_model_rate(audio: torch.Tensor, rate: int) -> torch.Tensor:
-    return audio if rate == MODEL_RATE else torchaudio.functional.resample(audio, rate, MODEL_RATE)
+    return resample(audio, rate, MODEL_RATE)
 
 
 def _model_index(native: int, rate: int) -> int:

@@ -40,17 +40,9 @@ def fbank(mono_16k: torch.Tensor) -> torch.Tensor:
     frames = 1 + (centred.numel() - FRAME_SAMPLES) // HOP_SAMPLES
     if frames <= FBANK_BLOCK_FRAMES:
         return _log_mel(centred)
-    blocks = range(0, frames, FBANK_BLOCK_FRAMES)
-    return torch.cat(
-        [
-            _log_mel(
-                centred[
-                    f * HOP_SAMPLES : (f + FBANK_BLOCK_FRAMES - 1) * HOP_SAMPLES + FRAME_SAMPLES
-                ]
-            )
-            for f in blocks
-        ]
-    )
+    span = (FBANK_BLOCK_FRAMES - 1) * HOP_SAMPLES + FRAME_SAMPLES
+    starts = range(0, frames * HOP_SAMPLES, FBANK_BLOCK_FRAMES * HOP_SAMPLES)
+    return torch.cat([_log_mel(centred[s : s + span]) for s in starts])
 
 
 def _log_mel(centred: torch.Tensor) -> torch.Tensor:

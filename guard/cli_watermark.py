@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import click
+import torch
 
 from guard import audio as audio_io
 from guard.progress import each_audio_file, emit_error, say
@@ -166,20 +168,27 @@ def _embed_streaming(
     tally: list[float] = []
     energy = [0.0, 0.0]  # host, mark
 
-    def measured(pairs):
-        for host, marked in pairs:
+    # Blocks as long as the embedder's chunks, so the n-th marked chunk pairs with the n-th
+    # input block. The queue holds only the blocks the embedder has read ahead (two at most);
+    # itertools.tee would keep up to 57 of them, since it frees its storage 57 items at a time.
+    hosts: deque[torch.Tensor] = deque()
+
+    def feed() -> Iterator[torch.Tensor]:
+        for block in audio_io.iter_blocks(source, EMBED_CHUNK_SECONDS * rate):
+            hosts.append(block)
+            yield block
+
+    def measured(marked_blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for marked in marked_blocks:
+            host = hosts.popleft()
             energy[0] += float(host.double().square().sum())
             energy[1] += float((marked - host).double().square().sum())
             yield marked
+        if hosts:
+            raise RuntimeError(f"{len(hosts)} input block(s) of {source} were never marked")
 
-    # Blocks as long as the embedder's chunks, so the n-th marked chunk pairs with the n-th
-    # input block; tee keeps at most the two blocks of look-ahead the embedder needs.
-    blocks = audio_io.iter_blocks(source, EMBED_CHUNK_SECONDS * rate)
-    hosts, feed = itertools.tee(blocks)
-    marked = mark.embed_stream(feed, rate, payload, tally)
-    written = audio_io.save_blocks(
-        target, measured(zip(hosts, marked, strict=True)), rate, info.channels, like=info
-    )
+    marked = mark.embed_stream(feed(), rate, payload, tally)
+    written = audio_io.save_blocks(target, measured(marked), rate, info.channels, like=info)
     head = next(audio_io.iter_blocks(target, VERIFY_SECONDS * rate))
     check = mark.verify(head, rate, payload, sum(tally))
     snr = 10 * math.log10(energy[0] / energy[1]) if energy[1] > 0 else math.inf

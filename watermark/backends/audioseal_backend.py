@@ -403,10 +403,6 @@ def _blocks(samples: int, rate: int) -> list[_Block]:
     ]
 
 
-def _to_model_rate(audio: torch.Tensor, rate: int) -> torch.Tensor:
-    return resample(audio, rate, MODEL_RATE)
-
-
 def _model_index(native: int, rate: int) -> int:
     return math.ceil(native * MODEL_RATE / rate)
 
@@ -566,7 +562,8 @@ class AudioSealBackend:
         jobs = [(c, b) for b in _blocks(audio.shape[-1], rate) for c in range(audio.shape[0])]
         for batch in _batched(jobs, BATCH_BLOCKS):
             inputs = [
-                _to_model_rate(audio[c, b.context_start : b.context_stop], rate) for c, b in batch
+                resample(audio[c, b.context_start : b.context_stop], rate, MODEL_RATE)
+                for c, b in batch
             ]
             message = bits.unsqueeze(0).repeat(len(batch), 1)
             x = _stack(inputs).unsqueeze(1)
@@ -645,7 +642,8 @@ class AudioSealBackend:
         jobs = [(c, b) for b in _blocks(audio.shape[-1], rate) for c in range(audio.shape[0])]
         for batch in _batched(jobs, BATCH_BLOCKS):
             inputs = [
-                _to_model_rate(audio[c, b.context_start : b.context_stop], rate) for c, b in batch
+                resample(audio[c, b.context_start : b.context_stop], rate, MODEL_RATE)
+                for c, b in batch
             ]
             raw = self._raw_detector(_stack(inputs).unsqueeze(1))
             for (c, b), out in zip(batch, raw, strict=True):

@@ -13,7 +13,7 @@ from conftest import read_sample
 from guard import edits
 from watermark import coding
 from watermark.keyed import MAX_EXTRA_DB, KeyedBackend
-from watermark.keyed_dsp import KeyedParams, derive_pattern
+from watermark.keyed_dsp import KeyedParams
 from watermark.types import WatermarkError, snr_db
 
 KEY = bytes(range(32))
@@ -255,19 +255,3 @@ def test_list_decoding_reads_payloads_plain_viterbi_loses():
         plain += coding.decode(soft, list_size=1) == payload
         listed += coding.decode(soft) == payload
     assert listed >= plain + 30
-
-
-def test_a_third_of_the_cells_sync_and_every_coded_bit_gets_its_share():
-    params = KeyedParams()
-    pattern = derive_pattern(KEY, params)
-    cells = pattern.sync.numel()
-    assert int(pattern.sync.sum()) == round(cells / 3)
-    assert bool((pattern.bit_index[pattern.sync] == -1).all())
-    per_bit = np.bincount(pattern.bit_index[~pattern.sync].numpy(), minlength=coding.CODED_BITS)
-    payload_cells = cells - round(cells / 3)
-    assert per_bit.min() == payload_cells // coding.CODED_BITS
-    assert per_bit.max() == -(-payload_cells // coding.CODED_BITS)
-    # Another key draws other cells for sync, about a third of them shared by chance.
-    other = derive_pattern(OTHER_KEY, params)
-    shared = float((pattern.sync & other.sync).sum()) / float(pattern.sync.sum())
-    assert 0.25 < shared < 0.42

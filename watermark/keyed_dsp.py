@@ -64,8 +64,7 @@ class KeyedParams:
     max_stretch: float = 0.06  # tempo search range (±)
     max_speed: float = 0.04  # speed (resampling) search range (±)
     stretch_step: float = 0.0025
-    sync_share: float = 1 / 3  # cells that carry the key's sync signs; the rest carry the payload
-    version: str = "keyed-v2"
+    version: str = "keyed-v1"
 
     @property
     def rows(self) -> int:
@@ -97,7 +96,7 @@ def derive_pattern(key: bytes, params: KeyedParams) -> KeyPattern:
     shape = (params.rows, params.cells_per_period)
     cells = shape[0] * shape[1]
     order = rng.permutation(cells)
-    n_sync = round(cells * params.sync_share)
+    n_sync = cells // 2
     bit_index = np.full(cells, -1, np.int64)
     bit_index[order[n_sync:]] = np.arange(cells - n_sync) % coding.CODED_BITS
     signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=cells)

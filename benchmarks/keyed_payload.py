@@ -3,9 +3,9 @@
 ``watermark_robustness.py`` draws a fresh key per run, and the payload rates under noise and
 mixing move by a point or two from key to key: more than most changes to the planner or the
 decoder are worth. This script fixes everything but the code: each clip gets a key and a
-payload derived from its index, the same other track to mix in and the same noise draws, so a
-change run before and after sees identical trials (a paired comparison), and several noise
-draws and crops per clip give enough trials to count failures of about 1%.
+payload derived from its name, the same noise draws, crops and tracks to mix in, so a change
+run before and after sees identical trials (a paired comparison), and several of each per
+clip give enough trials to count failures of about 1%.
 
     python -m benchmarks.keyed_payload --corpus-dir /tmp/corpus --skip 160 --clips 100
 
@@ -44,8 +44,9 @@ from watermark.types import WatermarkError
 
 SEED = 20261127
 EDIT_NAMES = ("noise_20db", "opus_32k", "mix_-10db", "crop_3s")
-DRAWN = {"noise_20db", "crop_3s"}
-"""Edits with random choices of their own, applied ``--draws`` times per clip."""
+DRAWN = {"noise_20db", "crop_3s", "mix_-10db"}
+"""Edits with random choices of their own (noise, where to crop, which track to mix in),
+applied ``--draws`` times per clip: mixing fails or not mostly by the track mixed in."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,10 @@ def measure(task: tuple[int, list[str], list[str], int]) -> ClipResult:
             for _ in range(draws if name in DRAWN else 1)
         )
         return ClipResult(paths[index], kinds[index], None, missed, embed_error=str(exc))
-    other = _other_track(paths, index, rng)
     trials = []
     for name in EDIT_NAMES:
         for draw in range(draws if name in DRAWN else 1):
+            other = _other_track(paths, index, rng) if EDITS[name].needs_other else None
             edited, edited_rate = EDITS[name].apply(
                 result.audio, rate, np.random.default_rng([int(rng.integers(2**31)), draw]), other
             )
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus-dir", type=Path, default=REPO / ".cache" / "corpus")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N clips")
     parser.add_argument("--clips", type=int, default=40, help="corpus clips per kind")
-    parser.add_argument("--draws", type=int, default=3, help="noise draws and crops per clip")
+    parser.add_argument(
+        "--draws", type=int, default=3, help="noise draws, crops and mixed-in tracks per clip"
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
         f"Audio: clips {args.skip}–{args.skip + args.clips - 1} of each kind of the corpus "
         f"from `benchmarks/corpus.py` ({len(results)} clips); a key and payload derived from "
-        f"each clip's name; noise draws and crops per clip: {args.draws}.",
+        f"each clip's name; noise draws, crops and mixed-in tracks per clip: {args.draws}.",
         "",
         f"- median SNR of the mark {statistics.median(snrs):.2f} dB, tenth percentile "
         f"{np.percentile(snrs, 10):.1f} dB; embed refused {len(refused)} clips (counted as missed)",

@@ -61,15 +61,14 @@ class Trial:
 @dataclass(frozen=True)
 class ClipResult:
     path: str
-    kind: str
     snr_db: float | None
     trials: tuple[Trial, ...]
     embed_error: str | None = None
 
 
-def measure(task: tuple[int, list[str], list[str], int]) -> ClipResult:
+def measure(task: tuple[int, list[str], int]) -> ClipResult:
     """Embed with the clip's own key and payload, then run every edit and detect."""
-    index, paths, kinds, draws = task
+    index, paths, draws = task
     torch.set_num_threads(1)
     seed = hashlib.sha256(f"{SEED}/{Path(paths[index]).name}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(seed[:8], "big"))
@@ -85,7 +84,7 @@ def measure(task: tuple[int, list[str], list[str], int]) -> ClipResult:
             for name in EDIT_NAMES
             for _ in range(draws if name in DRAWN else 1)
         )
-        return ClipResult(paths[index], kinds[index], None, missed, embed_error=str(exc))
+        return ClipResult(paths[index], None, missed, embed_error=str(exc))
     trials = []
     for name in EDIT_NAMES:
         for draw in range(draws if name in DRAWN else 1):
@@ -97,11 +96,11 @@ def measure(task: tuple[int, list[str], list[str], int]) -> ClipResult:
             long_enough = edited.shape[1] / edited_rate >= EXACT_PAYLOAD_SECONDS
             exact = (found.detected and found.payload == payload) if long_enough else None
             trials.append(Trial(name, found.detected, exact))
-    return ClipResult(paths[index], kinds[index], result.snr_db, tuple(trials))
+    return ClipResult(paths[index], result.snr_db, tuple(trials))
 
 
 def table(results: list[ClipResult]) -> list[str]:
-    """Failures per edit, counted over trials, with the clips they came from."""
+    """Failures per edit, counted over trials, and how many clips they came from."""
     lines = [
         "| edit | trials | not detected | payload missing or wrong (≥5 s) | exact payload "
         "| clips with a failure |",
@@ -133,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = parser.parse_args(argv)
     clips = corpus_clips(args.clips, args.corpus_dir, args.skip)
-    paths, kinds = [str(c.path) for c in clips], [c.kind for c in clips]
-    tasks = [(i, paths, kinds, args.draws) for i in range(len(clips))]
+    paths = [str(c.path) for c in clips]
+    tasks = [(i, paths, args.draws) for i in range(len(clips))]
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = list(
             tqdm(

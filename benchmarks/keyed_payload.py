@@ -49,6 +49,11 @@ DRAWN = {"noise_20db", "crop_3s", "mix_-10db"}
 applied ``--draws`` times per clip: mixing fails or not mostly by the track mixed in."""
 
 
+def schedule(draws: int) -> list[tuple[str, int]]:
+    """Every trial of one clip as (edit, draw), in the order its random choices are made."""
+    return [(name, draw) for name in EDIT_NAMES for draw in range(draws if name in DRAWN else 1)]
+
+
 @dataclass(frozen=True)
 class Trial:
     """One edit of one marked clip."""
@@ -81,21 +86,19 @@ def measure(task: tuple[int, list[str], int]) -> ClipResult:
         long_enough = host.shape[1] / rate >= EXACT_PAYLOAD_SECONDS
         missed = tuple(
             Trial(name, False, False if long_enough and name != "crop_3s" else None)
-            for name in EDIT_NAMES
-            for _ in range(draws if name in DRAWN else 1)
+            for name, _ in schedule(draws)
         )
         return ClipResult(paths[index], None, missed, embed_error=str(exc))
     trials = []
-    for name in EDIT_NAMES:
-        for draw in range(draws if name in DRAWN else 1):
-            other = _other_track(paths, index, rng) if EDITS[name].needs_other else None
-            edited, edited_rate = EDITS[name].apply(
-                result.audio, rate, np.random.default_rng([int(rng.integers(2**31)), draw]), other
-            )
-            found = backend.detect(edited, edited_rate)
-            long_enough = edited.shape[1] / edited_rate >= EXACT_PAYLOAD_SECONDS
-            exact = (found.detected and found.payload == payload) if long_enough else None
-            trials.append(Trial(name, found.detected, exact))
+    for name, draw in schedule(draws):
+        other = _other_track(paths, index, rng) if EDITS[name].needs_other else None
+        edited, edited_rate = EDITS[name].apply(
+            result.audio, rate, np.random.default_rng([int(rng.integers(2**31)), draw]), other
+        )
+        found = backend.detect(edited, edited_rate)
+        long_enough = edited.shape[1] / edited_rate >= EXACT_PAYLOAD_SECONDS
+        exact = (found.detected and found.payload == payload) if long_enough else None
+        trials.append(Trial(name, found.detected, exact))
     return ClipResult(paths[index], result.snr_db, tuple(trials))
 
 

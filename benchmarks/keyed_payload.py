@@ -34,9 +34,9 @@ from benchmarks.markdown import machine, write_section
 from benchmarks.watermark_robustness import (
     EXACT_PAYLOAD_SECONDS,
     REPO,
-    _other_track,
     corpus_clips,
     load,
+    other_track,
 )
 from guard.edits import EDITS
 from watermark.keyed import KeyedBackend
@@ -91,7 +91,7 @@ def measure(task: tuple[int, list[str], int]) -> ClipResult:
         return ClipResult(paths[index], None, missed, embed_error=str(exc))
     trials = []
     for name, draw in schedule(draws):
-        other = _other_track(paths, index, rng) if EDITS[name].needs_other else None
+        other = other_track(paths, index, rng) if EDITS[name].needs_other else None
         edited, edited_rate = EDITS[name].apply(
             result.audio, rate, np.random.default_rng([int(rng.integers(2**31)), draw]), other
         )

@@ -186,9 +186,7 @@ def _edit_outcome(
     )
 
 
-def _other_track(
-    paths: list[str], index: int, rng: np.random.Generator
-) -> tuple[torch.Tensor, int]:
+def other_track(paths: list[str], index: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
     """Another clip of the set to mix under this one (never itself)."""
     choice = int(rng.integers(len(paths) - 1))
     return load(Path(paths[choice + (choice >= index)]))
@@ -213,7 +211,7 @@ def measure_clip(task: tuple[int, list[str], list[str]]) -> ClipOutcome:
     except WatermarkError as exc:
         result, outcome = None, replace(outcome, embed_error=str(exc))
     marked = None if result is None else result.audio
-    other = _other_track(paths, index, rng)
+    other = other_track(paths, index, rng)
     edits = {
         name: _edit_outcome(
             backend, edit, marked, host, rate, payload, other, int(rng.integers(2**31))

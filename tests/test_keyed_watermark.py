@@ -240,9 +240,10 @@ def test_viterbi_corrects_noise_and_crc_rejects_garbage():
     codeword = coding.encode("12345678").astype(np.float64)
     soft = (2 * codeword - 1) * 1.5 + rng.standard_normal(codeword.size)
     assert coding.decode(soft) == "12345678"
-    # Each of the 8 listed paths passes the CRC-16 by chance with probability 2**-16.
-    garbage = [coding.decode(rng.standard_normal(codeword.size)) for _ in range(2000)]
-    assert len(garbage) - garbage.count(None) <= 2
+    # Each of the 32 listed paths passes the CRC-16 by chance with probability 2**-16, so
+    # about one in 2,048 garbage inputs decodes (0.5 expected here); a broken check passes many.
+    garbage = [coding.decode(rng.standard_normal(codeword.size)) for _ in range(1000)]
+    assert len(garbage) - garbage.count(None) <= 3
 
 
 def test_list_decoding_reads_payloads_plain_viterbi_loses():
@@ -255,3 +256,17 @@ def test_list_decoding_reads_payloads_plain_viterbi_loses():
         plain += coding.decode(soft, list_size=1) == payload
         listed += coding.decode(soft) == payload
     assert listed >= plain + 30
+
+
+def test_a_list_of_32_reads_payloads_a_list_of_8_loses():
+    # Under white noise or a loud second track the coded bits of a sparse clip read with an
+    # error rate near 20% (amplitude 0.8); there 32 paths recover about half of what 8 lose.
+    rng = np.random.default_rng(2)
+    eight = default = 0
+    for _ in range(150):
+        payload = f"{int(rng.integers(2**32)):08x}"
+        codeword = coding.encode(payload).astype(np.float64)
+        soft = (2 * codeword - 1) * 0.8 + rng.standard_normal(codeword.size)
+        eight += coding.decode(soft, list_size=8) == payload
+        default += coding.decode(soft) == payload
+    assert default >= eight + 6

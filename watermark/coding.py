@@ -81,7 +81,12 @@ def encode(payload_hex: str) -> np.ndarray:
     return out.reshape(-1)
 
 
-LIST_SIZE = 8  # paths the decoder offers to the CRC, best first
+# Paths the decoder offers to the CRC, best first. 32 rather than 8 halves the payloads lost
+# to white noise or a loud second track (coded-bit error rates near 20%), and a mark whose
+# payload cannot be read then comes back wrong in at most 1 of 2,048 cases instead of 1 of
+# 8,192; as fewer marks are unreadable, the share of all marked files that report a wrong
+# payload stays under 1e-5 under those edits (see README, keyed watermark).
+LIST_SIZE = 32
 
 
 def _predecessors() -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,10 @@ Why it is robust and honest:
 * Speed and tempo changes stretch the grid; the detector folds the features onto one period
   under each of a grid of stretch hypotheses, and pays for the search in the p-value.
 * Noise added later fills the quiet frames and bins first; the detector weights each frame
-  by how far it stands above the chunk's noise floor, and the payload decoder weights each
-  stretch by how clearly the sync shows there, so what survives is not averaged away.
+  by how far it stands above the chunk's noise floor, reads the bins a second way (evenly,
+  so the loud bins' share of the mark counts; the p-value pays for both), and the payload
+  decoder weights each stretch by how clearly the sync shows there, so what survives is
+  not averaged away.
 * How much each cell changes follows the host: energy is spent where the host has little
   (quiet bins change by more dB, loud ones by less), each frame's mark is held to a fixed
   ratio below that frame's energy, and frames near silence are left untouched, so no hiss
@@ -54,6 +56,7 @@ class KeyedParams:
     cells_per_period: int = 64
     band_snr_db: float = 31.0  # mark energy per frame below the frame's energy in the 4 kHz band
     gamma: float = 0.85  # how strongly quiet bins are favoured (0: equal dB everywhere)
+    noise_gamma: float = 0.0  # the detector's second bin weighting, for audio noise has filled
     max_gain: float = 0.8  # largest log-gain of a cell (nats; 0.8 ≈ 7 dB on the quietest bins)
     gate_db: float = 45.0  # frames this far below the loudest frame are left unmarked
     silence_dbfs: float = -70.0  # frames below this absolute level are left unmarked
@@ -229,12 +232,18 @@ def render_mark(plan: MarkPlan, signs: torch.Tensor, params: KeyedParams) -> tor
     )
 
 
-def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
+def detector_features(
+    x: torch.Tensor, params: KeyedParams, gamma: float | None = None
+) -> torch.Tensor:
     """Weighted, envelope-free log-spectrum ``(bins, frames)`` at the detector's hop.
 
-    Quiet bins get more weight because the embedder gave them larger gains; the weight only
-    depends on the audio, never on the key, so the null distribution is untouched.
+    With the default ``gamma`` (``params.gamma``) quiet bins get more weight, because the
+    embedder gave them larger gains. Noise added later fills exactly those bins, while the
+    host's loud bins keep their (smaller) share of the mark; ``params.noise_gamma`` weighs
+    bins evenly to read that share. The weight only depends on the audio, never on the
+    key, so the null distribution is untouched.
     """
+    gamma = params.gamma if gamma is None else gamma
     spec = stft(x[None], params, params.hop // params.oversample)[0]
     power = spec.real.square() + spec.imag.square()
     log_power = torch.log(power + 1e-4 * power.mean() + 1e-20)
@@ -247,7 +256,7 @@ def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
         - running[band.start - reach : band.stop - reach]
     ) / (2 * reach + 1)
     in_band = power[band]
-    weight = (in_band / (in_band.mean(0, keepdim=True) + 1e-20)).pow(-params.gamma)
+    weight = (in_band / (in_band.mean(0, keepdim=True) + 1e-20)).pow(-gamma)
     weight = weight.clamp(max=math.exp(params.max_gain) * 4.0) * _frame_weight(in_band, params)
     features = torch.zeros_like(log_power)
     whitened = (log_power[band] - envelope) * weight

@@ -447,8 +447,8 @@ class KeyedBackend:
         """
         low = resample(audio.mean(0), sample_rate, self.params.rate)
         quick_z = search_z = -math.inf
-        for gamma in self._weightings:
-            features = dsp.cumulative_bins(dsp.detector_features(low, self.params, gamma))
+        for weighted in dsp.detector_feature_sets(low, self.params, self._weightings):
+            features = dsp.cumulative_bins(weighted)
             quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
             full, _ = dsp.align(features, self._spectra, self.params, self._search)
             quick_z, search_z = max(quick_z, quick.z), max(search_z, quick.z, full.z)
@@ -477,8 +477,8 @@ class KeyedBackend:
         if chunk.shape[0] < self.params.period_seconds * self.params.rate:
             return None
         candidates = []
-        for gamma in self._weightings:
-            features = dsp.cumulative_bins(dsp.detector_features(chunk, self.params, gamma))
+        for weighted in dsp.detector_feature_sets(chunk, self.params, self._weightings):
+            features = dsp.cumulative_bins(weighted)
             quick, _ = dsp.align(features, self._spectra, self.params, self._search[:1])
             candidates.append((quick, features))
         quick, features = max(candidates, key=lambda c: c[0].z)

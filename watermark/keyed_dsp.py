@@ -232,18 +232,23 @@ def render_mark(plan: MarkPlan, signs: torch.Tensor, params: KeyedParams) -> tor
     )
 
 
-def detector_features(
-    x: torch.Tensor, params: KeyedParams, gamma: float | None = None
-) -> torch.Tensor:
-    """Weighted, envelope-free log-spectrum ``(bins, frames)`` at the detector's hop.
+def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:
+    """Weighted, envelope-free log-spectrum ``(bins, frames)`` at the detector's hop, with
+    the embedder's bin weighting (see :func:`detector_feature_sets`)."""
+    return detector_feature_sets(x, params, (params.gamma,))[0]
 
-    With the default ``gamma`` (``params.gamma``) quiet bins get more weight, because the
-    embedder gave them larger gains. Noise added later fills exactly those bins, while the
-    host's loud bins keep their (smaller) share of the mark; ``params.noise_gamma`` weighs
-    bins evenly to read that share. The weight only depends on the audio, never on the
-    key, so the null distribution is untouched.
+
+def detector_feature_sets(
+    x: torch.Tensor, params: KeyedParams, gammas: tuple[float, ...]
+) -> list[torch.Tensor]:
+    """:func:`detector_features` under each bin weighting in ``gammas``, sharing the STFT.
+
+    With ``params.gamma`` quiet bins get more weight, because the embedder gave them larger
+    gains. Noise added later fills exactly those bins, while the host's loud bins keep their
+    (smaller) share of the mark; ``params.noise_gamma`` weighs bins evenly to read that
+    share. The weights only depend on the audio, never on the key, so the null distribution
+    is untouched.
     """
-    gamma = params.gamma if gamma is None else gamma
     spec = stft(x[None], params, params.hop // params.oversample)[0]
     power = spec.real.square() + spec.imag.square()
     log_power = torch.log(power + 1e-4 * power.mean() + 1e-20)
@@ -256,18 +261,22 @@ def detector_features(
         - running[band.start - reach : band.stop - reach]
     ) / (2 * reach + 1)
     in_band = power[band]
-    weight = (in_band / (in_band.mean(0, keepdim=True) + 1e-20)).pow(-gamma)
-    weight = weight.clamp(max=math.exp(params.max_gain) * 4.0) * _frame_weight(in_band, params)
-    features = torch.zeros_like(log_power)
-    whitened = (log_power[band] - envelope) * weight
-    # The host's fine structure lingers for longer than a cell; the key's signs do not, so
-    # subtracting the neighbouring cells' features removes host noise and keeps the mark.
+    relative = in_band / (in_band.mean(0, keepdim=True) + 1e-20)
+    frame_weight = _frame_weight(in_band, params)
     lag = params.frames_per_cell * params.oversample
-    neighbours = torch.zeros_like(whitened)
-    neighbours[:, lag:] += 0.5 * whitened[:, :-lag]
-    neighbours[:, :-lag] += 0.5 * whitened[:, lag:]
-    features[band] = whitened - params.time_whitening * neighbours
-    return features
+    sets = []
+    for gamma in gammas:
+        weight = relative.pow(-gamma).clamp(max=math.exp(params.max_gain) * 4.0) * frame_weight
+        whitened = (log_power[band] - envelope) * weight
+        # The host's fine structure lingers for longer than a cell; the key's signs do not,
+        # so subtracting the neighbouring cells' features removes host noise, not the mark.
+        neighbours = torch.zeros_like(whitened)
+        neighbours[:, lag:] += 0.5 * whitened[:, :-lag]
+        neighbours[:, :-lag] += 0.5 * whitened[:, lag:]
+        features = torch.zeros_like(log_power)
+        features[band] = whitened - params.time_whitening * neighbours
+        sets.append(features)
+    return sets
 
 
 def _frame_weight(in_band: torch.Tensor, params: KeyedParams) -> torch.Tensor:

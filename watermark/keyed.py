@@ -470,8 +470,9 @@ class KeyedBackend:
         coarse-to-fine under the one that scored higher there.
 
         Returns (p-value, alignment, features, start sample), or None for a chunk too short
-        to hold one period. Searching one weighting instead of both keeps unmarked audio as
-        fast to clear as with one; the union bound in :meth:`_stage_p` counts every
+        to hold one period. Searching one weighting instead of both keeps unmarked audio
+        nearly as fast to clear as with one weighting (the untouched-grid tests are cheap
+        beside the search); the union bound in :meth:`_stage_p` counts every
         weighting and every hypothesis of the fine grid, so it covers both adaptive picks.
         """
         if chunk.shape[0] < self.params.period_seconds * self.params.rate:

@@ -35,6 +35,10 @@ ROBUST_SCORE = 13.0  # clean score wanted in every 8 s window: room for a crop o
 STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audio
 STRESS_NOISE_DB = 20.0
 PAYLOAD_SCORE = 0.85  # coded-bit margin (see _payload_margin) still wanted under that noise
+CODEC_PAYLOAD_SCORE = 1.1  # coded-bit margin still wanted under codec-like noise, which is
+CODEC_NOISE_DB = 11.0  # this far below each band's power (keyed_dsp.codec_noise), or
+WIDE_CODEC_NOISE_DB = 7.0  # this far for rates above 16 kHz: a codec then spends bits above
+# 8 kHz too and has fewer for the mark's band (Opus 32k on music: ~2 dB lower margins)
 MAX_EXTRA_DB = 11.0  # the strongest a weak host is marked, above the base strength
 MAX_STEP_DB = 4.0
 MIN_STEP_DB = 2.0
@@ -216,8 +220,9 @@ class KeyedBackend:
         # White noise STRESS_NOISE_DB below the host, as much of it as lands below 4 kHz.
         noise_power = float(host.mean(0).double().square().mean()) * min(1.0, rate / sample_rate)
         noise_power *= 10 ** (-STRESS_NOISE_DB / 10)
+        codec_db = WIDE_CODEC_NOISE_DB if sample_rate > 16000 else CODEC_NOISE_DB
         part, active = self._reinforced_delta(
-            resample(host, sample_rate, rate), codeword, first_frame, params, noise_power
+            resample(host, sample_rate, rate), codeword, first_frame, params, noise_power, codec_db
         )
         part = _fit(resample(part, rate, sample_rate), hi - lo)
         frame_times = (torch.arange(active.shape[0]) + first_frame) / frames_per_second
@@ -232,6 +237,7 @@ class KeyedBackend:
         first_frame: int,
         params: dsp.KeyedParams,
         noise_power: float,
+        codec_db: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed at the strength :meth:`_robust_plan` picks, read the payload back as the
         detector would, and even out the bits.
@@ -248,7 +254,7 @@ class KeyedBackend:
         expected = torch.from_numpy(2.0 * codeword - 1.0).float()
         boost = torch.ones(coding.CODED_BITS)
         plan, part, alignment = self._robust_plan(
-            low_rate, base, expected, first_frame, params, noise_power
+            low_rate, base, expected, first_frame, params, noise_power, codec_db
         )
         for _ in range(REINFORCE_ROUNDS):
             if alignment is None:
@@ -271,6 +277,7 @@ class KeyedBackend:
         first_frame: int,
         params: dsp.KeyedParams,
         noise_power: float,
+        codec_db: float,
     ) -> tuple[dsp.MarkPlan, torch.Tensor, dsp.Alignment | None]:
         """The weakest mark that keeps its margins wherever the detector may have to find it.
 
@@ -279,10 +286,14 @@ class KeyedBackend:
         fills, or that a crop keeps alone. So each plan is scored on the untouched grid in
         every 8 s window the detector will judge, under fixed white noise (``STRESS_SCORE``
         for the sync, and ``PAYLOAD_SCORE`` for the coded bits: a mark found whose payload no
-        longer decodes proves nothing about where it came from) and clean (``ROBUST_SCORE``),
-        and clean in every mostly marked 3 s excerpt (``CROP_SCORE``). The frames of a
-        stretch short of its score are planned again as much stronger as the shortfall says
-        (scores grow about in proportion to the mark's amplitude), up to ``MAX_EXTRA_DB``;
+        longer decodes proves nothing about where it came from), under codec-like noise
+        (``CODEC_PAYLOAD_SCORE``: a lossy codec refills the quiet bins between a band's peaks,
+        which white noise 20 dB down barely touches in loud, tonal music) and clean
+        (``ROBUST_SCORE``), and clean in every mostly marked 3 s excerpt (``CROP_SCORE``).
+        Each noise is scored until it passes: more strength only raises its scores. The
+        frames of a stretch short of its score are planned again as much stronger as the
+        shortfall says (scores grow about in proportion to the mark's amplitude), up to
+        ``MAX_EXTRA_DB``;
         a stretch that more strength no longer helps is left as it is. Only the stretches
         that need it pay for it in SNR.
 
@@ -293,24 +304,31 @@ class KeyedBackend:
         generator = torch.Generator().manual_seed(0)
         noise = torch.randn(mono.shape, generator=generator) * math.sqrt(noise_power)
         plan = dsp.plan_mark(low_rate, first_frame, params)
+        codec = dsp.codec_noise(plan, codec_db, generator, self.params)
         windows, crops = self._stretches(mono.shape[0], plan.active)
         extra = torch.zeros_like(plan.frame_energy)
         previous: dict[tuple[int, int], float] = {}
-        stress_passed = False
+        # Each stress: the noise added, and the sync score and coded-bit margin it must keep.
+        stresses = [(noise, STRESS_SCORE, PAYLOAD_SCORE), (codec, 0.0, CODEC_PAYLOAD_SCORE)]
         while True:
             part = dsp.render_mark(plan, signs, self.params)
             margins: dict[tuple[int, int], float] = {}
             whole = None
-            if not stress_passed:  # more strength only raises these scores
+            failing = []
+            for stress in stresses:
+                added, sync_score, payload_score = stress
                 stressed, _, payload = self._stretch_scores(
-                    mono + part.mean(0) + noise, windows, expected
+                    mono + part.mean(0) + added, windows, expected
                 )
-                margins = {
-                    w: min(z / STRESS_SCORE, q / PAYLOAD_SCORE)
-                    for w, z, q in zip(windows, stressed, payload, strict=True)
-                }
-                stress_passed = all(m >= 1.0 for m in margins.values())
-            if stress_passed:  # clean scores are higher; they rarely ask for more
+                passed = True
+                for w, z, q in zip(windows, stressed, payload, strict=True):
+                    margin = min(z / sync_score if sync_score else math.inf, q / payload_score)
+                    margins[w] = min(margins.get(w, math.inf), margin)
+                    passed &= margin >= 1.0
+                if not passed:  # more strength only raises passing scores: no need to look again
+                    failing.append(stress)
+            stresses = failing
+            if not stresses:  # clean scores are higher; they rarely ask for more
                 clean, whole, _ = self._stretch_scores(mono + part.mean(0), windows + crops)
                 targets = [ROBUST_SCORE] * len(windows) + [CROP_SCORE] * len(crops)
                 for stretch, z, target in zip(windows + crops, clean, targets, strict=True):

@@ -17,7 +17,7 @@ from conftest import read_sample
 from guard import edits
 from watermark import coding
 from watermark.keyed import MAX_EXTRA_DB, KeyedBackend
-from watermark.keyed_dsp import KeyedParams, codec_noise, plan_mark
+from watermark.keyed_dsp import KeyedParams, codec_noise, inverse_stft, plan_mark, stft
 from watermark.types import WatermarkError, snr_db
 
 KEY = bytes(range(32))
@@ -176,6 +176,19 @@ def test_codec_noise_sits_below_each_band_of_the_host():
         below = band_db(host_spectrum, lo_hz, hi_hz) - band_db(spectrum, lo_hz, hi_hz)
         assert 8.0 < below < 10.0, (lo_hz, below)
     assert float(noise[16000 + 512 :].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("length", [8000, 8001, 12345])
+def test_inverse_stft_is_torch_istft_to_the_bit(length):
+    """The planner's fast overlap-add must render exactly the mark torch.istft would, for
+    stereo and for lengths off the hop grid (the last half frame is divided by its window)."""
+    params = KeyedParams()
+    generator = torch.Generator().manual_seed(length)
+    spec = stft(torch.randn(2, length, generator=generator), params, params.hop)
+    spec = spec * torch.rand(spec.shape, generator=generator)
+    window = torch.hann_window(params.n_fft, periodic=True).sqrt()
+    expected = torch.istft(spec, params.n_fft, params.hop, window=window, length=length)
+    assert torch.equal(inverse_stft(spec, params, length), expected)
 
 
 def test_a_window_the_stress_noise_swamps_does_not_break_embed():

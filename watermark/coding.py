@@ -102,6 +102,10 @@ def _predecessors() -> tuple[np.ndarray, np.ndarray]:
 _PRED_STATE, _PRED_BIT = _predecessors()
 
 
+_PRED_SIGNS = (2.0 * _OUTPUTS - 1.0)[_PRED_STATE, _PRED_BIT].reshape(2 * _STATES, -1)
+"""±1 output bits of every (state, predecessor) transition, for one matmul per codeword."""
+
+
 def decode(soft: np.ndarray, list_size: int = LIST_SIZE) -> str | None:
     """List Viterbi with soft decisions; ``soft[i] > 0`` means coded bit i is more likely 1.
 
@@ -112,17 +116,16 @@ def decode(soft: np.ndarray, list_size: int = LIST_SIZE) -> str | None:
     hex, or None when no path passes the CRC (a wrong payload is worse than none).
     """
     steps = soft.reshape(-1, len(GENERATORS))
-    signs = (2.0 * _OUTPUTS - 1.0)[_PRED_STATE, _PRED_BIT]  # (states, 2 predecessors, n_out)
+    gains = (steps @ _PRED_SIGNS.T).reshape(len(steps), _STATES, 2, 1)
+    gains[INFO_BITS:, _PRED_BIT == 1] = -np.inf  # tail bits are zeros
     metric = np.full((_STATES, list_size), -np.inf)
     metric[0, 0] = 0.0
     back = np.empty((len(steps), _STATES, list_size), np.int64)
-    for i, llr in enumerate(steps):
-        gain = signs @ llr
-        if i >= INFO_BITS:
-            gain = np.where(_PRED_BIT == 1, -np.inf, gain)  # tail bits are zeros
-        candidates = (metric[_PRED_STATE] + gain[..., None]).reshape(_STATES, -1)
+    rows = np.arange(_STATES)[:, None]
+    for i in range(len(steps)):
+        candidates = (metric[_PRED_STATE] + gains[i]).reshape(_STATES, -1)
         order = np.argsort(-candidates, axis=1, kind="stable")[:, :list_size]
-        metric = np.take_along_axis(candidates, order, 1)
+        metric = candidates[rows, order]
         back[i] = order  # predecessor · list_size + its rank
     for rank in np.flatnonzero(np.isfinite(metric[0])):
         state, rank_there = 0, int(rank)

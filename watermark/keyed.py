@@ -36,7 +36,7 @@ STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audi
 STRESS_NOISE_DB = 20.0
 PAYLOAD_SCORE = 0.85  # coded-bit margin (see _payload_margin) still wanted under that noise
 CODEC_PAYLOAD_SCORE = 1.1  # coded-bit margin still wanted under codec-like noise, which is
-CODEC_NOISE_DB = 11.0  # this far below each band's power (keyed_dsp.codec_noise), or
+CODEC_NOISE_DB = 13.0  # this far below each band's power (keyed_dsp.codec_noise), or
 WIDE_CODEC_NOISE_DB = 7.0  # this far for rates above 16 kHz: a codec then spends bits above
 # 8 kHz too and has fewer for the mark's band (Opus 32k on music: ~2 dB lower margins)
 MAX_EXTRA_DB = 11.0  # the strongest a weak host is marked, above the base strength

@@ -17,7 +17,20 @@ from conftest import read_sample
 from guard import edits
 from watermark import coding
 from watermark.keyed import MAX_EXTRA_DB, KeyedBackend
-from watermark.keyed_dsp import KeyedParams, codec_noise, inverse_stft, plan_mark, stft
+from watermark.keyed_dsp import (
+    Hypothesis,
+    KeyedParams,
+    SyncSpectra,
+    align,
+    align_untouched,
+    codec_noise,
+    cumulative_bins,
+    derive_pattern,
+    detector_features,
+    inverse_stft,
+    plan_mark,
+    stft,
+)
 from watermark.types import WatermarkError, snr_db
 
 KEY = bytes(range(32))
@@ -189,6 +202,24 @@ def test_inverse_stft_is_torch_istft_to_the_bit(length):
     window = torch.hann_window(params.n_fft, periodic=True).sqrt()
     expected = torch.istft(spec, params.n_fft, params.hop, window=window, length=length)
     assert torch.equal(inverse_stft(spec, params, length), expected)
+
+
+def test_planner_alignments_of_many_ranges_match_one_at_a_time():
+    """The planner folds all its windows and excerpts at once from running sums; each must
+    score and align as :func:`align` does on that range alone, wherever the range starts."""
+    params = KeyedParams()
+    spectra = SyncSpectra.of(derive_pattern(KEY, params))
+    audio = torch.randn(64000, generator=torch.Generator().manual_seed(3))
+    cumulative = cumulative_bins(detector_features(audio, params))
+    frames = cumulative.shape[1]
+    ranges = [(0, frames), (17, 17 + 375), (frames - 375, frames), (256, 768), (5, 518)]
+    for (start, end), fast in zip(
+        ranges, align_untouched(cumulative, spectra, params, ranges), strict=True
+    ):
+        alone, _ = align(cumulative[:, start:end], spectra, params, [Hypothesis(1.0, 1.0)])
+        assert fast.offset == alone.offset
+        assert fast.z == pytest.approx(alone.z, rel=1e-5)
+        assert torch.allclose(fast.cells, alone.cells, rtol=1e-4, atol=1e-4)
 
 
 def test_a_window_the_stress_noise_swamps_does_not_break_embed():

@@ -383,19 +383,12 @@ class KeyedBackend:
         expected: torch.Tensor | None = None,
     ) -> tuple[list[float], dsp.Alignment | None, list[float]]:
         """Untouched-grid score of each stretch, and the alignment of the first when it spans
-        all of ``mono``. Features are computed once and sliced: running sums over bins are
-        per frame, so slicing them slices the stretch's own."""
+        all of ``mono``. Features are computed once for all of ``mono``: they are per frame,
+        so a stretch's frames of them are its own, and all stretches fold at once."""
         cumulative = dsp.cumulative_bins(dsp.detector_features(mono, self.params))
         per_sample = cumulative.shape[1] / mono.shape[0]
-        found = [
-            dsp.align(
-                cumulative[:, round(start * per_sample) : round(end * per_sample)],
-                self._spectra,
-                self.params,
-                self._search[:1],
-            )[0]
-            for start, end in stretches
-        ]
+        frames = [(round(start * per_sample), round(end * per_sample)) for start, end in stretches]
+        found = dsp.align_untouched(cumulative, self._spectra, self.params, frames)
         whole = found[0] if found and stretches[0] == (0, mono.shape[0]) else None
         payload = [] if expected is None else [self._payload_margin(a, expected) for a in found]
         return [a.z for a in found], whole, payload

@@ -491,6 +491,55 @@ def align(
     return alignment, per_hyp
 
 
+def align_untouched(
+    cumulative: torch.Tensor,
+    spectra: SyncSpectra,
+    params: KeyedParams,
+    stretches: list[tuple[int, int]],
+) -> list[Alignment]:
+    """:func:`align` under the untouched grid (no stretch) for many frame ranges at once.
+
+    The strength planner scores every 8 s window and every 3 s excerpt of a chunk on every
+    pass. Folding range [a, b) onto the period is a difference of running per-slot sums,
+    rolled by where the range starts, so all ranges share one gather and one correlation
+    instead of one :func:`align` each.
+    """
+    if not stretches:
+        return []
+    rows = map_rows(cumulative, 1.0, params).double()
+    slots, frames = params.slots, rows.shape[1]
+    periods = -(-frames // slots) + 1  # one spare period of zeros: a range may end at ``frames``
+    padded = torch.nn.functional.pad(rows, (0, periods * slots - frames))
+    by_period = padded.reshape(rows.shape[0], periods, slots)
+    before = torch.cat([torch.zeros_like(by_period[:, :1]), by_period.cumsum(1)], 1)
+
+    def running(t: int) -> torch.Tensor:  # per-slot sums of frames 0 .. t - 1
+        period, slot = divmod(t, slots)
+        head = torch.zeros_like(before[:, 0])
+        if slot:
+            head[:, :slot] = by_period[:, period, :slot]
+        return before[:, period] + head
+
+    folded = torch.stack(
+        [torch.roll(running(b) - running(a), -(a % slots), -1) for a, b in stretches]
+    ).float()
+    views = _cell_views(folded, params)
+    scores = _correlate(views, spectra)  # (stretches, phases, shifts)
+    per_cell = params.frames_per_cell * params.oversample
+    found = []
+    for i, best in enumerate(scores.flatten(1).argmax(1).tolist()):
+        phase, shift = divmod(best, scores.shape[2])
+        found.append(
+            Alignment(
+                z=float(scores[i, phase, shift]),
+                hypothesis=Hypothesis(1.0, 1.0),
+                offset=shift * per_cell + phase,
+                cells=torch.roll(views[i, phase], -shift, 1),
+            )
+        )
+    return found
+
+
 def soft_bits(cells: torch.Tensor, pattern: KeyPattern) -> np.ndarray:
     """Per coded bit, the keyed sum of its cells: positive means the bit is more likely 1."""
     contrib = (cells * pattern.signs)[~pattern.sync]

@@ -35,10 +35,10 @@ ROBUST_SCORE = 13.0  # clean score wanted in every 8 s window: room for a crop o
 STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audio
 STRESS_NOISE_DB = 20.0
 PAYLOAD_SCORE = 0.85  # coded-bit margin (see _payload_margin) still wanted under that noise
-CODEC_PAYLOAD_SCORE = 1.1  # coded-bit margin still wanted under codec-like noise, which is
-CODEC_NOISE_DB = 13.0  # this far below each band's power (keyed_dsp.codec_noise), or
-WIDE_CODEC_NOISE_DB = 7.0  # this far for rates above 16 kHz: a codec then spends bits above
-# 8 kHz too and has fewer for the mark's band (Opus 32k on music: ~2 dB lower margins)
+CODEC_PAYLOAD_SCORE = 1.1  # coded-bit margin still wanted under codec-like noise
+CODEC_NOISE_DB = 13.0  # how far that noise is below each band's power (keyed_dsp.codec_noise)
+WIDE_CODEC_NOISE_DB = 7.0  # the same for rates above 16 kHz: a codec then spends bits above
+# 8 kHz too and keeps less of the mark's band (Opus 32k on music: margins ~2 dB lower)
 MAX_EXTRA_DB = 11.0  # the strongest a weak host is marked, above the base strength
 MAX_STEP_DB = 4.0
 MIN_STEP_DB = 2.0
@@ -293,9 +293,8 @@ class KeyedBackend:
         Each noise is scored until it passes: more strength only raises its scores. The
         frames of a stretch short of its score are planned again as much stronger as the
         shortfall says (scores grow about in proportion to the mark's amplitude), up to
-        ``MAX_EXTRA_DB``;
-        a stretch that more strength no longer helps is left as it is. Only the stretches
-        that need it pay for it in SNR.
+        ``MAX_EXTRA_DB``; a stretch that more strength no longer helps is left as it is.
+        Only the stretches that need it pay for it in SNR.
 
         Returns the plan, the mark it renders with ``signs``, and that mark's alignment over
         the whole stretch when one window covered it (so the caller need not measure again).

@@ -478,17 +478,21 @@ def align(
     views = _cell_views(folded, params)
     scores = _correlate(views, spectra)  # (hypotheses, phases, shifts)
     per_hyp = scores.flatten(1).max(1).values
-    best = int(torch.argmax(scores))
-    h, rest = divmod(best, scores.shape[1] * scores.shape[2])
-    phase, shift = divmod(rest, scores.shape[2])
-    per_cell = params.frames_per_cell * params.oversample
-    alignment = Alignment(
-        z=float(scores[h, phase, shift]),
-        hypothesis=search[h],
-        offset=shift * per_cell + phase,
-        cells=torch.roll(views[h, phase], -shift, 1),
+    h = int(torch.argmax(scores)) // (scores.shape[1] * scores.shape[2])
+    return _best_alignment(scores[h], views[h], search[h], params), per_hyp
+
+
+def _best_alignment(
+    scores: torch.Tensor, views: torch.Tensor, hypothesis: Hypothesis, params: KeyedParams
+) -> Alignment:
+    """The best (phase, shift) of one hypothesis's ``scores`` (phases, shifts), with its cells."""
+    phase, shift = divmod(int(torch.argmax(scores)), scores.shape[1])
+    return Alignment(
+        z=float(scores[phase, shift]),
+        hypothesis=hypothesis,
+        offset=shift * params.frames_per_cell * params.oversample + phase,
+        cells=torch.roll(views[phase], -shift, 1),
     )
-    return alignment, per_hyp
 
 
 def align_untouched(
@@ -525,19 +529,8 @@ def align_untouched(
     ).float()
     views = _cell_views(folded, params)
     scores = _correlate(views, spectra)  # (stretches, phases, shifts)
-    per_cell = params.frames_per_cell * params.oversample
-    found = []
-    for i, best in enumerate(scores.flatten(1).argmax(1).tolist()):
-        phase, shift = divmod(best, scores.shape[2])
-        found.append(
-            Alignment(
-                z=float(scores[i, phase, shift]),
-                hypothesis=Hypothesis(1.0, 1.0),
-                offset=shift * per_cell + phase,
-                cells=torch.roll(views[i, phase], -shift, 1),
-            )
-        )
-    return found
+    untouched = Hypothesis(1.0, 1.0)
+    return [_best_alignment(s, v, untouched, params) for s, v in zip(scores, views, strict=True)]
 
 
 def soft_bits(cells: torch.Tensor, pattern: KeyPattern) -> np.ndarray:

@@ -11,9 +11,10 @@ import torch
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
-def read_sample(relative: str) -> tuple[torch.Tensor, int]:
-    """A bundled clip as float32 (channels, samples) and its rate."""
-    data, rate = sf.read(SAMPLES / relative, dtype="float32", always_2d=True)
+def read_sample(relative: str, root: Path = SAMPLES) -> tuple[torch.Tensor, int]:
+    """A bundled clip (under ``samples/`` unless ``root`` says otherwise) as float32
+    (channels, samples) and its rate."""
+    data, rate = sf.read(root / relative, dtype="float32", always_2d=True)
     return torch.from_numpy(data.T.copy()), rate
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torchaudio
 from conftest import read_sample
@@ -160,8 +159,7 @@ def test_payload_reads_after_opus_refills_the_quiet_bins(key_byte):
     Before embed planned for codec-like noise, each of these keys lost the payload (11 of
     16 keys did); the mark is still found, so a wrong reading would have gone unnoticed.
     """
-    data, rate = sf.read(DATA / "lincity_city_blues_44k.flac", dtype="float32", always_2d=True)
-    audio = torch.from_numpy(data.T.copy())
+    audio, rate = read_sample("lincity_city_blues_44k.flac", root=DATA)
     backend = KeyedBackend(bytes([key_byte]) * 32)
     result = backend.embed(audio, rate, "2026112a")
     coded, coded_rate = edits.opus(result.audio, rate, bitrate_kbps=32)
@@ -181,8 +179,8 @@ def test_codec_noise_sits_below_each_band_of_the_host():
     spectrum = torch.stft(noise[:16000], 1024, 256, window=window, return_complex=True)
     host_spectrum = torch.stft(tones, 1024, 256, window=window, return_complex=True)
 
-    def band_db(power: torch.Tensor, lo_hz: int, hi_hz: int) -> float:
-        bins = power[lo_hz * 1024 // 8000 : hi_hz * 1024 // 8000]
+    def band_db(spec: torch.Tensor, lo_hz: int, hi_hz: int) -> float:
+        bins = spec[lo_hz * 1024 // 8000 : hi_hz * 1024 // 8000]
         return 10 * math.log10(float(bins.abs().square().sum()))
 
     for lo_hz, hi_hz in ((400, 600), (2400, 2800)):

@@ -32,9 +32,10 @@ MIN_SEGMENT_SECONDS = 0.5
 REINFORCE_ROUNDS = 1
 REINFORCE_TARGET = 2.0  # margin, in noise units, that every coded bit should reach
 ROBUST_SCORE = 13.0  # clean score wanted in every 8 s window: room for a crop or a mix
-STRESS_SCORE = 11.0  # score still wanted after white noise 20 dB below the audio
+STRESS_SCORE = 9.8  # score still wanted after white noise 20 dB below the audio (it follows
+# the square root of the sync share: 11 when half the cells were sync)
 STRESS_NOISE_DB = 20.0
-PAYLOAD_SCORE = 0.85  # coded-bit margin (see _payload_margin) still wanted under that noise
+PAYLOAD_SCORE = 0.9  # coded-bit margin (see _payload_margin) still wanted under that noise
 CODEC_PAYLOAD_SCORE = 1.1  # coded-bit margin still wanted under codec-like noise
 CODEC_NOISE_DB = 13.0  # how far that noise is below each band's power (keyed_dsp.codec_noise)
 WIDE_CODEC_NOISE_DB = 7.0  # the same for rates above 16 kHz: a codec then spends bits above

@@ -181,7 +181,9 @@ def test_payload_reads_under_a_dense_bed_mixed_into_a_phone_message():
         backend = KeyedBackend(bytes([key_byte]) * 32)
         marked = backend.embed(audio, rate, "2026112a").audio
         mixed, mixed_rate = edits.mix(marked, rate, bed, bed_rate)
-        read += backend.detect(mixed, mixed_rate).payload == "2026112a"
+        found = backend.detect(mixed, mixed_rate)
+        assert found.detected, key_byte
+        read += found.payload == "2026112a"
     assert read >= 7
 
 

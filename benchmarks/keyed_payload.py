@@ -83,8 +83,8 @@ def measure(task: tuple[int, list[str], int, int]) -> ClipResult:
     and detect."""
     index, paths, draws, key_set = task
     torch.set_num_threads(1)
-    name = Path(paths[index]).name
-    label = f"{SEED}/{name}" if key_set == 0 else f"{SEED}/{key_set}/{name}"
+    clip = Path(paths[index]).name  # key set 0 keeps the label tables were made with
+    label = f"{SEED}/{clip}" if key_set == 0 else f"{SEED}/{key_set}/{clip}"
     seed = hashlib.sha256(label.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(seed[:8], "big"))
     backend = KeyedBackend(seed)

@@ -57,8 +57,8 @@ class KeyedParams:
     cells_per_period: int = 64
     # Share of cells that carry the sync rather than payload bits. Detection, crops and the
     # stretch search keep a wide margin at 40%, while the payload gets 13 cells per coded
-    # bit instead of 11 at 50% (+0.8 dB): white noise and a mixed-in track cost the payload long
-    # before they cost the sync.
+    # bit instead of 11 at 50% (+0.8 dB): white noise and a mixed-in track cost the payload
+    # before the sync (at 35% the sync missed 9 of 2,340 tuning mixes, at 40% 5).
     sync_share: float = 0.4
     band_snr_db: float = 31.0  # mark energy per frame below the frame's energy in the 4 kHz band
     gamma: float = 0.85  # how strongly quiet bins are favoured (0: equal dB everywhere)

@@ -133,14 +133,6 @@ def random_masks(batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
 # Losses and augmentations
 
 
-def spectral_filter(y: torch.Tensor, low_hz: float, high_hz: float) -> torch.Tensor:
-    """Keep only ``low_hz``..``high_hz`` (an FFT brick wall: cheap and differentiable)."""
-    spec = torch.fft.rfft(y)
-    freqs = torch.fft.rfftfreq(y.shape[-1], 1 / ab.MODEL_RATE, device=y.device)
-    keep = ((freqs >= low_hz) & (freqs <= high_hz)).to(y.dtype)
-    return torch.fft.irfft(spec * keep, n=y.shape[-1])
-
-
 def augment(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One edit per batch, chosen at random: what the mark must survive at the least."""
     choice = int(torch.randint(5, (1,), generator=gen))
@@ -151,9 +143,9 @@ def augment(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         noise = torch.randn(y.shape, generator=gen).to(y.device)
         return y + noise * rms * 10 ** (-snr / 20)
     if choice == 2:
-        return spectral_filter(y, 0.0, 3000.0 + 3000.0 * u)
+        return ab.brick_wall(y, 0.0, 3000.0 + 3000.0 * u)
     if choice == 3:
-        return spectral_filter(y, 100.0 + 400.0 * u, ab.MODEL_RATE / 2)
+        return ab.brick_wall(y, 100.0 + 400.0 * u, ab.MODEL_RATE / 2)
     if choice == 4:
         return y * (0.25 + 1.75 * u)
     return y
@@ -198,9 +190,10 @@ def train_step(
     quiet = ramp(progress, 0.0, args.quiet_at)
     snr = args.snr * quiet
     bits = torch.randint(0, 2, (x.shape[0], ab.NBITS), generator=gen).to(device)
-    wm = ab.shape_to_envelope(
-        x, gen_model.get_watermark(ab.normalize_to_envelope(x), message=bits), snr
-    )
+    raw_mark = gen_model.get_watermark(ab.normalize_to_envelope(x), message=bits)
+    if args.mark_band_hz:
+        raw_mark = ab.brick_wall(raw_mark, 0.0, args.mark_band_hz)
+    wm = ab.shape_to_envelope(x, raw_mark, snr)
     mask = random_masks(x.shape[0], x.shape[-1], gen).to(device)
     marked = x + wm * mask
     augmented = progress >= args.augment_from
@@ -402,6 +395,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--crop-seconds", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--snr", type=float, default=20.0, help="mark under host envelope, dB")
+    parser.add_argument(
+        "--mark-band-hz",
+        type=float,
+        default=7000.0,
+        help="the mark is cut off above this (0: not at all); the backend's upsampling filter "
+        "removes anything above 8 kHz, so a mark that leans on the top band loses bits",
+    )
     parser.add_argument("--message-weight", type=float, default=10.0)
     parser.add_argument("--perceptual-weight", type=float, default=0.1)
     parser.add_argument(
@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out / "generator.safetensors",
         args.snr,
         normalized_input=True,
+        mark_band_hz=args.mark_band_hz or None,
     )
     ab.save_model(
         det_model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,32 @@ def test_official_layout_loads_with_weights_only_and_converts(tmp_path):
         a = from_pth.generator.get_watermark(x, message=message)
         b = from_safetensors.generator.get_watermark(x, message=message)
     assert torch.equal(a, b) and a.abs().sum() > 0
+    assert from_pth.mark_band_hz is None and from_safetensors.mark_band_hz is None  # not cut
+
+
+def test_a_band_limit_saved_with_the_generator_is_applied(backend, speech, tmp_path):
+    """The limit rides in the generator's metadata, so a pair trained with another limit is
+    cut where it was trained to live, not where the shipped pair is."""
+    from watermark.backends.audioseal_backend import SMALL_DIR, _metadata, parse_payload, save_model
+
+    for kind, model in (("generator", backend.generator), ("detector", backend.detector)):
+        save_model(
+            model,
+            kind,
+            json.loads(_metadata(SMALL_DIR / f"{kind}.safetensors")["config"]),
+            tmp_path / f"{kind}.safetensors",
+            envelope_snr_db=backend.envelope_snr_db if kind == "generator" else None,
+            normalized_input=True,
+            mark_band_hz=5_000.0 if kind == "generator" else None,
+        )
+    narrow = AudioSealBackend(weights=tmp_path)
+    assert narrow.mark_band_hz == 5_000.0
+    audio, rate = speech
+    mark = narrow._watermark(audio, rate, parse_payload("7e57"))
+    freqs = torch.fft.rfftfreq(audio.shape[-1], 1 / rate)
+    power = torch.fft.rfft(mark).abs().pow(2)
+    assert power[:, freqs > 5_100].sum() < 1e-4 * power.sum()
+    assert power[:, freqs < 5_000].sum() > 0
 
 
 def test_p_value_is_never_zero_and_falls_with_the_score(backend):

@@ -15,14 +15,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def machine() -> str:
-    """The CPU, the core count and the load at this moment: speed means little without them."""
+    """The CPU, the core count and the load as the table is written: speed means little without
+    them, and a table that timed nothing (a payload count, a null test) must not say it did."""
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
         model = found.group(1).strip() if found else model
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
-    return f"{model}, {os.cpu_count()} cores (load average {load} when speed was measured)"
+    return f"{model}, {os.cpu_count()} cores (load average {load} when the table was written)"
 
 
 def trainer(device: str) -> str:

@@ -33,15 +33,15 @@ calibrates the p-value on unmarked windows of held-out audio and writes
 ``watermark/backends/audioseal_small/{generator,detector}.safetensors`` and ``card.json``.
 The run is seeded and reproducible on the same corpus.
 
-What a CPU can and cannot do here (measured on this project's 2-core machine, one thread):
-from scratch, the defaults (600 steps, 3 min) teach presence (held-out detection 100%, no
-false alarm) but leave the 16 bits at chance (bit accuracy 0.52), 2,500 steps (10 min) did
-no better (0.49), and 20 min on two threads (batch 16 of 1 s crops, lr 1e-3, ``--quiet-at
-0.6 --augment-from 0.5``) reached 0.67. The bits first came from 5,805 steps of batch 32 on a
-lent GPU. A
-fine-tune does run in minutes on a CPU: the shipped pair's last two trainings were 2 x 600
-steps of batch 16 (23 min) that moved its mark below ``--mark-band-hz``. The card records
-every training in its chain (``training``, then each ``started_from``).
+What a CPU can and cannot do here (measured on this project's 2-core machine): from scratch,
+the defaults (600 steps, 3 min on one thread) teach presence (held-out detection 100%, no
+false alarm) but leave the 16 bits at chance (bit accuracy 0.52); 2,500 steps (10 min) did no
+better (0.49), and 20 min on two threads (batch 16 of 1 s crops, lr 1e-3, ``--quiet-at 0.6
+--augment-from 0.5``) reached 0.67. The bits first came from 5,805 steps of batch 32 on a lent
+GPU. A fine-tune does run in minutes on a CPU: the shipped pair's last two trainings were
+2 x 600 steps of batch 16 on one thread (23 min) that moved its mark below
+``--mark-band-hz``. The card records every training in its chain (``training``, then each
+``started_from``).
 
     python scripts/train_audioseal_small.py
 """

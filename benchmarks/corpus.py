@@ -361,9 +361,10 @@ def _plans(kind: str, per_kind: int, cache_dir: Path) -> list[_Plan]:
 # Public API
 
 
-def _clip_index(path: str) -> int:
-    """A clip's index within its kind, from the ``NNN_`` its name starts with."""
-    return int(Path(path).name.split("_", 1)[0])
+def _clip_index(path: str) -> int | None:
+    """A clip's index within its kind, from the ``NNN_`` its name starts with (None if not)."""
+    head = Path(path).name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 def _load_manifest(manifest: Path, per_kind: int) -> list[Clip] | None:
@@ -378,10 +379,13 @@ def _load_manifest(manifest: Path, per_kind: int) -> list[Clip] | None:
     data = json.loads(manifest.read_text())
     if data.get("version") != CORPUS_VERSION or data.get("per_kind", 0) < per_kind:
         return None
+    indices = [_clip_index(c["path"]) for c in data["clips"]]
+    if None in indices:
+        return None
     clips = [
         Clip(Path(c["path"]), c["kind"], c["source"], c["license"])
-        for c in data["clips"]
-        if _clip_index(c["path"]) < per_kind
+        for c, i in zip(data["clips"], indices, strict=True)
+        if i < per_kind
     ]
     return clips if all(c.path.exists() for c in clips) else None
 

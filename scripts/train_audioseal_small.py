@@ -446,8 +446,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     clips = split_clips(build_clips(args.corpus))
     began = time.perf_counter()
-    if measure_only(args):
-        gen_model, det_model = (model.eval() for model in build_pair(args.init))
+    band, snr = args.mark_band_hz or None, args.snr
+    if measure_only(args):  # measured as it was trained: its band and envelope, not the flags'
+        pair = ab.resolve_weights(args.init)
+        gen_model, det_model = pair.generator.eval(), pair.detector.eval()
+        band, snr = pair.mark_band_hz, pair.envelope_snr_db
         args.steps_done = 0
     else:
         gen_model, det_model = train(args, training_audio(clips["train"]))
@@ -458,9 +461,9 @@ def main(argv: list[str] | None = None) -> None:
         "generator",
         small_config("generator"),
         args.out / "generator.safetensors",
-        args.snr,
+        snr,
         normalized_input=True,
-        mark_band_hz=args.mark_band_hz or None,
+        mark_band_hz=band,
     )
     ab.save_model(
         det_model,

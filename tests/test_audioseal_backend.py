@@ -231,6 +231,22 @@ def test_a_band_limit_saved_with_the_generator_is_applied(backend, speech, tmp_p
     assert power[:, freqs < 5_000].sum() > 0
 
 
+@pytest.mark.parametrize("band", ["0", "-7000", "9000", "seven"])
+def test_a_band_limit_that_leaves_no_band_is_refused_on_load(backend, tmp_path, band):
+    from safetensors.torch import load_file, save_file
+
+    from watermark.backends.audioseal_backend import SMALL_DIR, _metadata
+
+    for kind in ("generator", "detector"):
+        meta = _metadata(SMALL_DIR / f"{kind}.safetensors")
+        if kind == "generator":
+            meta["mark_band_hz"] = band
+        state = load_file(str(SMALL_DIR / f"{kind}.safetensors"))
+        save_file(state, str(tmp_path / f"{kind}.safetensors"), metadata=meta)
+    with pytest.raises(WatermarkError, match="mark_band_hz"):
+        AudioSealBackend(weights=tmp_path)
+
+
 def test_p_value_is_never_zero_and_falls_with_the_score(backend):
     calibration = backend.calibration
     top = calibration["null_sorted"][-1]

@@ -42,3 +42,19 @@ def test_a_smaller_cache_is_rebuilt_for_a_larger_request(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "ProcessPoolExecutor", _no_rebuild)
     with pytest.raises(AssertionError, match="rebuilt"):
         corpus.build_clips(cache, per_kind=3)
+
+
+@pytest.mark.parametrize("damage", ["no per_kind", "a clip not named NNN_"])
+def test_a_manifest_it_cannot_trust_is_rebuilt(tmp_path, monkeypatch, damage):
+    cache = _cache(tmp_path, per_kind=3)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    if damage == "no per_kind":
+        del manifest["per_kind"]
+    else:
+        odd = cache / "clips" / "speech" / "odd.flac"
+        odd.write_bytes(b"")
+        manifest["clips"][0]["path"] = str(odd)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(corpus, "ProcessPoolExecutor", _no_rebuild)
+    with pytest.raises(AssertionError, match="rebuilt"):
+        corpus.build_clips(cache, per_kind=2)

@@ -83,15 +83,15 @@ ENVELOPE_FLOOR = 1e-5
 """Added to the envelope in ``normalize_to_envelope`` so near-silence is not blown up."""
 NORMALIZED_INPUT = "normalize_to_envelope"
 """Metadata value of ``input`` for models trained on ``normalize_to_envelope``'s output."""
-UPSAMPLE_FILTER = {
+MARK_RESAMPLE_FILTER = {
     "lowpass_filter_width": 64,
     "rolloff": 0.99,
     "resampling_method": "sinc_interp_kaiser",
     "beta": 14.769656459379492,
 }
-"""How the 16 kHz mark goes back to a higher native rate: stopband from about 8.05 kHz
-(measured on a 44.1 kHz host: 4e-6 of the host's own energy above 8.5 kHz, against 0.7 with
-torchaudio's default filter)."""
+"""How the 16 kHz mark goes back to the native rate (torchaudio's "kaiser_best" window, beta
+included): stopband from about 8.05 kHz. Measured on a 44.1 kHz host: 4e-6 of the host's own
+energy above 8.5 kHz, against 0.7 with torchaudio's default filter."""
 SILENCE_LEVEL = 2.0**-16
 """Below half a 16-bit step every sample of a 10 ms frame is digital silence: left unmarked."""
 
@@ -289,6 +289,21 @@ def _read_calibration(folder: Path) -> dict[str, Any] | None:
     return json.loads(card.read_text()).get("calibration") if card.is_file() else None
 
 
+def _band_limit(value: str, folder: Path) -> float:
+    """The band a generator was trained to keep its mark in; a limit that leaves no band would
+    make every embed fail with a misleading "did not read back", so it is refused here."""
+    try:
+        band = float(value)
+    except ValueError:
+        band = math.nan
+    if not 0 < band <= MODEL_RATE / 2:
+        raise WatermarkError(
+            f"{folder}: the generator's mark_band_hz is {value!r}, not a frequency between 0 "
+            f"and {MODEL_RATE // 2} Hz"
+        )
+    return band
+
+
 def _load_folder(folder: Path, source: str) -> _Pair:
     envelope, normalized, band = None, False, None
     if _has(folder, SAFETENSORS_FILES):
@@ -297,7 +312,7 @@ def _load_folder(folder: Path, source: str) -> _Pair:
         if "envelope_snr_db" in meta["generator"]:
             envelope = float(meta["generator"]["envelope_snr_db"])
         if "mark_band_hz" in meta["generator"]:
-            band = float(meta["generator"]["mark_band_hz"])
+            band = _band_limit(meta["generator"]["mark_band_hz"], folder)
         inputs = {m.get("input") for m in meta.values()}
         if len(inputs) != 1:
             raise WatermarkError(f"{folder}: the generator and detector expect different inputs")
@@ -600,15 +615,23 @@ class AudioSealBackend:
             x = _stack(inputs).unsqueeze(1)
             model_input = normalize_to_envelope(x) if self.normalized_input else x
             marks = self.generator.get_watermark(model_input, message=message)
-            if self.mark_band_hz is not None:
-                marks = brick_wall(marks, 0.0, self.mark_band_hz)
+            if self.mark_band_hz is not None:  # each block over its own length, not the padding
+                marks = torch.stack(
+                    [
+                        torch.nn.functional.pad(
+                            brick_wall(m[..., : x16.shape[-1]], 0.0, self.mark_band_hz),
+                            (0, m.shape[-1] - x16.shape[-1]),
+                        )
+                        for m, x16 in zip(marks, inputs, strict=True)
+                    ]
+                )
             if self.envelope_snr_db is not None:
                 marks = shape_to_envelope(x, marks, self.envelope_snr_db)
             for (c, b), x16, mark in zip(batch, inputs, marks[:, 0], strict=True):
                 native = mark[: x16.shape[-1]]
                 if rate != MODEL_RATE:
                     native = torchaudio.functional.resample(
-                        native, MODEL_RATE, rate, **UPSAMPLE_FILTER
+                        native, MODEL_RATE, rate, **MARK_RESAMPLE_FILTER
                     )
                 span = b.context_stop - b.context_start
                 native = torch.nn.functional.pad(native, (0, max(0, span - native.shape[-1])))

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import soundfile as sf
 import torch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """A file of ``scripts/`` as a module: scripts are not a package, yet their pieces are
+    tested like any other code."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_sample(relative: str, root: Path = SAMPLES) -> tuple[torch.Tensor, int]:

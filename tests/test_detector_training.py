@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import ASTModel
 
 from detectors import evaluation
@@ -108,18 +108,10 @@ def test_pretrained_weights_train_and_round_trip_through_safetensors(
     assert torch.equal(layer_outputs(loaded, x)[-1], layer_outputs(ast, x)[-1])
 
 
-def _train_detector_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_detector.py"
-    spec = importlib.util.spec_from_file_location("train_detector", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_head_names_its_backbone_by_a_path_that_works_from_anywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    script = _train_detector_script()
+    script = load_script("train_detector")
     monkeypatch.chdir(script.WEIGHTS.parents[1])
     assert script.head_backbone_spec(Path("detectors/weights")) is None
     monkeypatch.chdir(tmp_path)
@@ -127,7 +119,7 @@ def test_a_head_names_its_backbone_by_a_path_that_works_from_anywhere(
 
 
 def test_a_fold_leaves_its_family_out_of_every_split(monkeypatch: pytest.MonkeyPatch):
-    script = _train_detector_script()
+    script = load_script("train_detector")
     clips = {"train": _clips(8, 1.0, 0), "val": _clips(4, 1.0, 1)}
     clips["train"][1] = Clip(clips["train"][1].features, 1, "world", "w", "w", {})
     kept = script.leave_out(clips, ["world"])
@@ -253,7 +245,7 @@ def test_a_training_from_another_build_is_named_as_such():
 def test_a_backbone_trained_further_starts_from_the_source_and_keeps_its_card(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    script = _train_detector_script()
+    script = load_script("train_detector")
     source = ASTModel(compact_config(max_length=frames_for(3.0)))
     source_card = {"version": 1, "training": {"steps": 6000}, "trained_on": {"note": "GPU"}}
     save_compact(source, tmp_path / "src" / "compact_ast", source_card)

@@ -44,11 +44,15 @@ Four times as long (``--steps 12000``, 45 min) reached a bit accuracy of 0.925, 
 24 of 30 there. The recipe was chosen partly on that split, so all three were measured
 again on 30 clips no AudioSeal work had touched (clips 1340-1349 of each kind of a
 ``benchmarks.corpus`` build): bit accuracy 0.765, 0.919 and 0.975, detection 86.7%, 93.3%
-and 100%, exact payload 0, 10 and 24 of 30. The shipped pair's bits came from 5,805 steps
-of batch 32 on a lent GPU, about 15 times the sample-seconds of the defaults. A fine-tune
-does run in minutes on a CPU: the shipped pair's last two trainings were 2 x 600 steps of
-batch 16 on one thread (23 min) that moved its mark below ``--mark-band-hz``. The card
-records every training in its chain (``training``, then each ``started_from``).
+and 100%, exact payload 0, 10 and 24 of 30. The shipped pair's bits came from two GPU
+trainings (5,805 steps of batch 32 from scratch, later 4,550 of batch 64), about 40 times the
+sample-seconds of the defaults in all. A fine-tune does run in minutes on a CPU: the shipped
+pair's last two trainings moved its mark below ``--mark-band-hz`` in 2 x 600 steps on one
+thread (23 min) with ``--init DIR --batch 16 --crop-seconds 1 --message-weight 20 --quiet-at
+0 --augment-from 0 --lr 3e-4`` (then ``--lr 1e-4``): a fine-tune keeps the mark at its
+target level and the edits on from the first step, which the defaults, made for a fresh
+pair, do not. The card records every training in its chain (``training``, then each
+``started_from``).
 
     python scripts/train_audioseal_small.py
 """
@@ -66,7 +70,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torchaudio
-from safetensors import safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,12 +86,12 @@ that width learns the bits faster per CPU second than a quarter (the shipped pai
 or the full 32 filters; a pair trained before keeps its own shape (``pair_arch``)."""
 
 
-def pair_arch(init: Path | None) -> dict:
-    """The SEANet shape to build: a fine-tune must match the weights it loads."""
-    if init is None:
-        return dict(SMALL_ARCH)
-    with safe_open(str(init / "generator.safetensors"), "pt") as weights:
-        seanet = json.loads(weights.metadata()["config"])["seanet"]
+def pair_arch(args: argparse.Namespace) -> dict:
+    """The SEANet shape to build: a fine-tune must match the weights it loads, a fresh pair
+    takes ``--filters`` and ``--dimension`` (recorded with the other arguments)."""
+    if args.init is None:
+        return {**SMALL_ARCH, "n_filters": args.filters, "dimension": args.dimension}
+    seanet = json.loads(ab._metadata(args.init / "generator.safetensors")["config"])["seanet"]
     return {k: seanet[k] for k in SMALL_ARCH}
 
 
@@ -250,15 +254,19 @@ def train_step(
     }
 
 
+def log_step(step: int, progress: float, elapsed: float, out: dict[str, torch.Tensor]) -> None:
+    numbers = " ".join(f"{k} {v.item():.3f}" for k, v in out.items())
+    print(f"step {step} ({progress:.0%}) {elapsed:.0f}s {numbers}", flush=True)
+
+
 def learning_rate(args: argparse.Namespace, progress: float) -> float:
     """Linear warm-up over the first 5%, then a cosine down to 5% of ``args.lr``."""
     warm = min(1.0, progress / 0.05)
     return args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def build_pair(init: Path | None) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_pair(init: Path | None, arch: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The small generator and detector, fresh or with the weights of a pair trained before."""
-    arch = pair_arch(init)
     gen_model = ab.build_model("generator", small_config("generator", arch))
     det_model = ab.build_model("detector", small_config("detector", arch))
     if init:
@@ -267,13 +275,15 @@ def build_pair(init: Path | None) -> tuple[torch.nn.Module, torch.nn.Module]:
     return gen_model, det_model
 
 
-def train(args: argparse.Namespace, audio: list[torch.Tensor]) -> tuple[torch.nn.Module, ...]:
+def train(
+    args: argparse.Namespace, audio: list[torch.Tensor], arch: dict
+) -> tuple[torch.nn.Module, ...]:
     """Train for ``args.steps`` steps, or until ``args.minutes`` have passed if that is set
     (then progress, and with it the curriculum and the learning rate, follows the clock)."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device)
-    gen_model, det_model = (model.to(device) for model in build_pair(args.init))
+    gen_model, det_model = (model.to(device) for model in build_pair(args.init, arch))
     params = [*gen_model.parameters(), *det_model.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     length = int(args.crop_seconds * ab.MODEL_RATE)
@@ -296,9 +306,10 @@ def train(args: argparse.Namespace, audio: list[torch.Tensor]) -> tuple[torch.nn
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        if step % args.log_every == 0 or step == args.steps:
-            numbers = " ".join(f"{k} {v.item():.3f}" for k, v in out.items())
-            print(f"step {step} ({progress:.0%}) {elapsed:.0f}s {numbers}", flush=True)
+        if step % args.log_every == 0:
+            log_step(step, progress, elapsed, out)
+    if step % args.log_every:
+        log_step(step, progress, elapsed, out)
     args.steps_done = step
     return gen_model.cpu().eval(), det_model.cpu().eval()
 
@@ -390,6 +401,31 @@ def training_record(args, clips: dict, seconds: float) -> dict:
     }
 
 
+def save_pair(
+    out: Path,
+    gen_model: torch.nn.Module,
+    det_model: torch.nn.Module,
+    arch: dict,
+    snr: float,
+    band: float | None,
+) -> None:
+    """The two safetensors files the backend loads, each with its config in the metadata."""
+    out.mkdir(parents=True, exist_ok=True)
+    gen_config, det_config = small_config("generator", arch), small_config("detector", arch)
+    ab.save_model(
+        gen_model,
+        "generator",
+        gen_config,
+        out / "generator.safetensors",
+        snr,
+        normalized_input=True,
+        mark_band_hz=band,
+    )
+    ab.save_model(
+        det_model, "detector", det_config, out / "detector.safetensors", normalized_input=True
+    )
+
+
 def write_card(
     args, arch: dict, clips: dict, seconds: float, scores: dict, calibration: dict
 ) -> None:
@@ -426,6 +462,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=REPO / ".cache" / "corpus")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument(
+        "--filters",
+        type=int,
+        default=None,
+        help=f"SEANet filters of a fresh pair (default {SMALL_ARCH['n_filters']})",
+    )
+    parser.add_argument(
+        "--dimension",
+        type=int,
+        default=None,
+        help=f"SEANet dimension of a fresh pair (default {SMALL_ARCH['dimension']})",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop-seconds", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -447,7 +495,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
     parser.add_argument(
-        "--minutes", type=float, default=0.0, help="train for this long instead of --steps"
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="train for this long, or until --steps if that comes first",
     )
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument(
@@ -458,7 +509,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if measure_only(args) and args.init is None:
         parser.error("--steps 0 measures an --init pair; name the pair to measure")
+    if args.init is not None:
+        if args.filters is not None or args.dimension is not None:
+            parser.error("--init keeps its pair's shape: no --filters or --dimension")
+        if not has_config(args.init / "generator.safetensors"):
+            parser.error(f"{args.init} holds no generator.safetensors written by this script")
+    else:
+        args.filters = args.filters or SMALL_ARCH["n_filters"]
+        args.dimension = args.dimension or SMALL_ARCH["dimension"]
     return args
+
+
+def has_config(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file that carries its AudioSeal config."""
+    try:
+        return path.is_file() and "config" in ab._metadata(path)
+    except SafetensorError:  # not safetensors at all
+        return False
 
 
 def measure_only(args: argparse.Namespace) -> bool:
@@ -470,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     clips = split_clips(build_clips(args.corpus))
-    arch = pair_arch(args.init)
+    arch = pair_arch(args)
     began = time.perf_counter()
     band, snr = args.mark_band_hz or None, args.snr
     if measure_only(args):  # measured as it was trained: its band and envelope, not the flags'
@@ -479,25 +546,9 @@ def main(argv: list[str] | None = None) -> None:
         band, snr = pair.mark_band_hz, pair.envelope_snr_db
         args.steps_done = 0
     else:
-        gen_model, det_model = train(args, training_audio(clips["train"]))
+        gen_model, det_model = train(args, training_audio(clips["train"]), arch)
     seconds = time.perf_counter() - began
-    args.out.mkdir(parents=True, exist_ok=True)
-    ab.save_model(
-        gen_model,
-        "generator",
-        small_config("generator", arch),
-        args.out / "generator.safetensors",
-        snr,
-        normalized_input=True,
-        mark_band_hz=band,
-    )
-    ab.save_model(
-        det_model,
-        "detector",
-        small_config("detector", arch),
-        args.out / "detector.safetensors",
-        normalized_input=True,
-    )
+    save_pair(args.out, gen_model, det_model, arch, snr, band)
     backend = ab.AudioSealBackend(weights=args.out)
     backend.calibration = ab.calibrate(
         null_scores(backend, clips["calibrate"], args.null_draws, args.seed)

@@ -1,57 +1,85 @@
-"""The script that trains the shipped small AudioSeal pair still trains, saves and fine-tunes."""
+"""The script that trains the shipped small AudioSeal pair still trains, saves, fine-tunes and
+re-measures: it is how that pair was made, so it must not rot while nobody runs it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+import soundfile as sf
 import torch
 from conftest import load_script
 
+from benchmarks.corpus import Clip
 from watermark.backends import audioseal_backend as ab
 
+script = load_script("train_audioseal_small")
 
-def test_a_fine_tune_builds_the_shape_of_the_pair_it_loads():
-    """A fresh pair is wider than the shipped one; ``--init`` must still load the shipped one."""
-    script = load_script("train_audioseal_small")
-    shipped = script.pair_arch(ab.SMALL_DIR)
-    assert shipped != script.SMALL_ARCH
-    gen_model, det_model = script.build_pair(ab.SMALL_DIR)
-    pair = ab.resolve_weights(ab.SMALL_DIR)
-    x = torch.randn(1, 1, ab.MODEL_RATE) * 0.1
-    with torch.no_grad():
-        assert torch.equal(det_model.detector(x), pair.detector.detector(x))
-    assert sum(p.numel() for p in gen_model.parameters()) == sum(
-        p.numel() for p in pair.generator.parameters()
+
+def _tiny_pair(out: Path, filters: int, dimension: int, steps: int = 2) -> dict:
+    """A pair trained for ``steps`` steps on noise and saved as the script saves one."""
+    args = script.parse_args(
+        ["--steps", str(steps), "--batch", "2", "--filters", str(filters)]
+        + ["--dimension", str(dimension), "--log-every", "1"]
     )
+    arch = script.pair_arch(args)
+    audio = [torch.randn(2 * ab.MODEL_RATE) * 0.1 for _ in range(3)]
+    gen_model, det_model = script.train(args, audio, arch)
+    assert args.steps_done == steps  # it used to train one step more than asked
+    script.save_pair(out, gen_model, det_model, arch, args.snr, args.mark_band_hz)
+    return arch
 
 
 def test_a_few_steps_from_scratch_save_a_pair_the_backend_loads(tmp_path: Path):
-    """``--steps 3`` trains exactly three steps (it used to run one more) and writes a pair
-    of the fresh shape that the backend builds from the files alone."""
-    script = load_script("train_audioseal_small")
-    args = script.parse_args(["--steps", "3", "--batch", "2", "--log-every", "1"])
-    audio = [torch.randn(2 * ab.MODEL_RATE) * 0.1 for _ in range(3)]
-    gen_model, det_model = script.train(args, audio)
-    assert args.steps_done == 3
-    arch = script.pair_arch(None)
-    ab.save_model(
-        gen_model,
-        "generator",
-        script.small_config("generator", arch),
-        tmp_path / "generator.safetensors",
-        args.snr,
-        normalized_input=True,
-        mark_band_hz=args.mark_band_hz,
-    )
-    ab.save_model(
-        det_model,
-        "detector",
-        script.small_config("detector", arch),
-        tmp_path / "detector.safetensors",
-        normalized_input=True,
-    )
-    assert script.pair_arch(tmp_path) == arch
+    arch = _tiny_pair(tmp_path, script.SMALL_ARCH["n_filters"], script.SMALL_ARCH["dimension"])
+    assert arch == script.SMALL_ARCH
     backend = ab.AudioSealBackend(weights=tmp_path)
     host = torch.randn(1, ab.MODEL_RATE) * 0.1
     mark = backend._watermark(host, ab.MODEL_RATE, torch.ones(16, dtype=torch.long))
     assert mark.shape == (1, ab.MODEL_RATE) and torch.isfinite(mark).all()
+
+
+def test_a_fine_tune_builds_the_shape_of_the_pair_it_loads(tmp_path: Path):
+    """``--init`` of a pair narrower than a fresh one loads it, weights and all."""
+    narrow = _tiny_pair(tmp_path, script.SMALL_ARCH["n_filters"] // 2, 8)
+    args = script.parse_args(["--init", str(tmp_path)])
+    assert script.pair_arch(args) == narrow != script.SMALL_ARCH
+    _, det_model = script.build_pair(args.init, script.pair_arch(args))
+    saved = ab.resolve_weights(tmp_path).detector
+    x = torch.randn(1, 1, ab.MODEL_RATE) * 0.1
+    with torch.no_grad():
+        assert torch.equal(det_model.detector(x), saved.detector(x))
+
+
+@pytest.mark.parametrize(
+    "argv", [["--filters", "4"], ["--dimension", "16"], ["--steps", "0"]], ids=str
+)
+def test_a_fine_tune_refuses_a_shape_or_a_folder_it_cannot_load(tmp_path: Path, argv, capsys):
+    if argv != ["--steps", "0"]:
+        _tiny_pair(tmp_path, 4, 8)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--init", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert ("--init keeps" in err) if argv[0] != "--steps" else (f"{tmp_path} holds no" in err)
+
+
+def test_measuring_a_pair_in_place_keeps_its_shape_and_record(tmp_path: Path, monkeypatch):
+    """``--steps 0 --init X --out X`` rewrites X: it must still load, as the same shape."""
+    pair = tmp_path / "pair"
+    arch = _tiny_pair(pair, 4, 8)
+    (pair / "card.json").write_text(json.dumps({"training": {"steps": 2, "note": "tiny"}}))
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(8):
+        path = tmp_path / f"{i}.wav"
+        sf.write(path, rng.normal(0, 0.05, 6 * ab.MODEL_RATE).astype("float32"), ab.MODEL_RATE)
+        clips.append(Clip(path, "sfx", "noise", "CC0"))
+    monkeypatch.setattr(script, "build_clips", lambda corpus: clips)
+    script.main(["--steps", "0", "--init", str(pair), "--out", str(pair), "--null-draws", "8"])
+    card = json.loads((pair / "card.json").read_text())
+    assert card["shrunk"] == arch
+    assert card["training"]["note"] == "tiny" and "remeasured" in card["training"]
+    assert script.pair_arch(script.parse_args(["--init", str(pair)])) == arch
+    ab.AudioSealBackend(weights=pair)

@@ -172,7 +172,9 @@ def augment(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     u = float(torch.rand(1, generator=gen))
     if choice == 1:
         snr = 15.0 + 20.0 * u
-        rms = y.pow(2).mean(-1, keepdim=True).sqrt()
+        # the noise's level is part of the edit, not something to train through: the gradient
+        # of this square root at a crop of digital silence is NaN, and one ruins the generator
+        rms = y.detach().pow(2).mean(-1, keepdim=True).sqrt()
         noise = torch.randn(y.shape, generator=gen).to(y.device)
         return y + noise * rms * 10 ** (-snr / 20)
     if choice == 2:
@@ -302,8 +304,8 @@ def train(
         out = train_step(gen_model, det_model, x, gen, args, progress)
         optimizer.zero_grad()
         out["loss"].backward()
-        for model in (gen_model, det_model):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for model in (gen_model, det_model):  # a NaN step stops the run, not the weights
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, error_if_nonfinite=True)
         optimizer.step()
         step += 1
         if step % args.log_every == 0:

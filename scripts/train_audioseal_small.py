@@ -84,8 +84,9 @@ from watermark.backends import audioseal_backend as ab  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SMALL_ARCH = {"n_filters": 16, "dimension": 64, "ratios": [8, 5, 4], "lstm": 1}
 """Shrunk from the official card (32 filters, 128 dims, ratios 8-5-4-2, 2 LSTM layers). Half
-that width learns the bits faster per CPU second than a quarter (the shipped pair, 8 and 32)
-or the full 32 filters; a pair trained before keeps its own shape (``pair_arch``)."""
+that width learnt the bits much faster per step than a quarter (the shipped pair, 8 and 32)
+for a quarter more time per step; the full 32 filters learnt only a little faster. A pair
+trained before keeps its own shape (``pair_arch``)."""
 
 
 def pair_arch(args: argparse.Namespace) -> dict:

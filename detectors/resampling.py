@@ -12,28 +12,37 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.signal
 import torch
 import torchaudio.functional as AF
 
 BLOCK_SECONDS = 30.0
-MAX_PHASES = 1000
-"""Rate pairs whose reduced ratio exceeds this (7999 Hz to 16 kHz) run in one pass: their
-filter bank alone is large, and no common rate pair comes near it."""
+MAX_BANK = 1_000_000
+"""torchaudio builds one filter per output phase, ``new`` filters of about ``orig`` taps for
+the reduced ratio ``orig:new``. Common rate pairs need a few hundred thousand taps at most
+(11,025 Hz to 16 kHz: 282,240); an odd rate such as 44,099 Hz to 16 kHz would need 700
+million, gigabytes for a 3-second file. Above this many, scipy's polyphase resampler runs
+instead: one filter, applied without building the bank."""
 
 
 def resample(
-    x: torch.Tensor, src: int, dst: int, block_seconds: float = BLOCK_SECONDS
+    x: torch.Tensor, src: int, dst: int, block_seconds: float = BLOCK_SECONDS, **filter_args
 ) -> torch.Tensor:
-    """Resample the last axis from ``src`` to ``dst`` Hz, as torchaudio does, in blocks."""
+    """Resample the last axis from ``src`` to ``dst`` Hz, as torchaudio does, in blocks.
+
+    ``filter_args`` are torchaudio's (``lowpass_filter_width``, ``rolloff``, ...).
+    """
     if src == dst:
         return x
     g = math.gcd(src, dst)
     orig, new = src // g, dst // g
     n = x.shape[-1]
     step = max(1, round(block_seconds * src) // orig) * orig
-    if n <= 2 * step or orig > MAX_PHASES:
-        return AF.resample(x, src, dst)
-    width = math.ceil(6 * orig / (min(orig, new) * 0.99))  # torchaudio's default filter reach
+    if n <= 2 * step:
+        return one_pass(x, src, dst, **filter_args)
+    reach = filter_args.get("lowpass_filter_width", 6) / filter_args.get("rolloff", 0.99)
+    width = math.ceil(reach * orig / min(orig, new))  # torchaudio's filter reach
     context = orig * (width // orig + 2)
     total = int(torch.ceil(torch.as_tensor(new * n / orig)))  # torchaudio's length, to the sample
     parts = []
@@ -44,5 +53,19 @@ def resample(
             piece = torch.nn.functional.pad(piece, (0, hi - n))
         first = (start - lo) // orig * new
         count = min(step // orig * new, total - start // orig * new)
-        parts.append(AF.resample(piece, src, dst)[..., first : first + count])
+        parts.append(one_pass(piece, src, dst, **filter_args)[..., first : first + count])
     return torch.cat(parts, dim=-1)
+
+
+def one_pass(x: torch.Tensor, src: int, dst: int, **filter_args) -> torch.Tensor:
+    """torchaudio's resampling, or scipy's polyphase one where torchaudio's filter bank would
+    exceed ``MAX_BANK`` taps (Kaiser window; its ``beta`` when given, else scipy's 5.0)."""
+    g = math.gcd(src, dst)
+    orig, new = src // g, dst // g
+    if orig * new <= MAX_BANK:
+        return AF.resample(x, src, dst, **filter_args)
+    window = ("kaiser", filter_args.get("beta", 5.0))
+    y = scipy.signal.resample_poly(x.detach().cpu().numpy(), new, orig, axis=-1, window=window)
+    total = math.ceil(new * x.shape[-1] / orig)  # torchaudio's length
+    out = torch.from_numpy(np.ascontiguousarray(y[..., :total])).to(x.dtype)
+    return torch.nn.functional.pad(out, (0, total - out.shape[-1]))

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional
 
 from guard.native_messages import decoder_messages
+from watermark.resampling import resample as blocked_resample
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 
@@ -277,8 +277,11 @@ def _write_first(
 
 
 def resample(audio: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
-    """Band-limited resampling along the last axis; the input itself when the rates match."""
-    return torchaudio.functional.resample(audio, from_rate, to_rate)
+    """Band-limited resampling along the last axis; the input itself when the rates match.
+
+    In bounded memory at any rate pair, odd ones such as 44,099 Hz included (see
+    :mod:`watermark.resampling`)."""
+    return blocked_resample(audio, from_rate, to_rate)
 
 
 def to_mono(audio: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ import weakref
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+import torchaudio
 from click.testing import CliRunner
 
 from guard import cli_watermark
@@ -67,6 +69,24 @@ def test_embed_then_detect_json(tmp_path, run, key, samples_dir):
     assert lines[0]["payload"] == "c0ffee01"
     assert lines[0]["p_value"] < 1e-6
     assert lines[0]["segments"][0]["start"] < 0.5
+
+
+def test_an_odd_sample_rate_round_trips_in_bounded_memory(tmp_path, run, key, samples_dir):
+    # 44,099 Hz shares no factor with the working rates: torchaudio's resampler built a filter
+    # bank of gigabytes for it, and the out-of-memory killer ended the command.
+    data, rate = sf.read(samples_dir / "speech" / "warzone_tutorial_tut73.flac", dtype="float32")
+    odd = tmp_path / "odd.wav"
+    sf.write(
+        odd, torchaudio.functional.resample(torch.from_numpy(data), rate, 44099).numpy(), 44099
+    )
+    target = tmp_path / "marked.wav"
+
+    report = embed_json(run, odd, target, key, "c0ffee01")
+
+    assert report["verification"]["payload"] == "c0ffee01"
+    assert sf.info(target).samplerate == 44099
+    out = run("watermark", "detect", str(target), "--key", str(key), "--json")
+    assert json.loads(out.output)["payload"] == "c0ffee01"
 
 
 def test_detect_reports_bad_files_and_finishes_the_others(tmp_path, run, key, samples_dir):

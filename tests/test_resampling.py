@@ -20,7 +20,7 @@ RATE_PAIRS = [
     (96000, 8000),
     (44100, 48000),
     (32000, 44100),
-    (4001, 4000),  # a reduced ratio too large to block (4001 phases): one pass
+    (4001, 4000),  # torchaudio's bank would hold 16 million taps: scipy's polyphase filter
 ]
 
 
@@ -32,9 +32,44 @@ def test_blocks_match_one_pass_exactly(module, src, dst, extra):
 
     blocked = module.resample(x, src, dst, block_seconds=1.0)
 
-    expected = AF.resample(x, src, dst)
+    expected = module.one_pass(x, src, dst)
     assert blocked.shape == expected.shape
     assert torch.equal(blocked, expected)
+
+
+@pytest.mark.parametrize(("src", "dst"), RATE_PAIRS[:-1])
+def test_common_rate_pairs_are_torchaudios_own(src, dst):
+    x = torch.randn(1, src // 10, generator=torch.Generator().manual_seed(src))
+    assert torch.equal(watermark_resampling.one_pass(x, src, dst), AF.resample(x, src, dst))
+
+
+@pytest.mark.parametrize("module", [detector_resampling, watermark_resampling])
+@pytest.mark.parametrize(("src", "dst"), [(44099, 16000), (16000, 44099), (7999, 32000)])
+def test_odd_rates_never_build_torchaudios_filter_bank(module, monkeypatch, src, dst):
+    # 44,099 Hz to 16 kHz through torchaudio built a bank of 700 million taps: a 3-second
+    # upload took 6 to 24 GB and the out-of-memory killer ended the whole command.
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchaudio's resample was called for an odd rate pair")
+
+    monkeypatch.setattr(module.AF, "resample", refuse)
+    t = torch.arange(3 * src) / src
+    tone = torch.sin(2 * torch.pi * 440.0 * t).unsqueeze(0)
+
+    out = module.resample(tone, src, dst, block_seconds=1.0)
+
+    assert out.shape == (1, -(-3 * src * dst // src))  # torchaudio's length
+    peak = torch.fft.rfft(out[0]).abs().argmax().item() * dst / out.shape[-1]
+    assert abs(peak - 440.0) < 1.0
+    inner = slice(dst // 10, -dst // 10)  # away from the zero-padded ends
+    expected = torch.sin(2 * torch.pi * 440.0 * torch.arange(out.shape[-1]) / dst)
+    assert (out[0, inner] - expected[inner]).abs().max() < 1e-2
+
+
+def test_odd_rates_take_the_filters_kaiser_beta():
+    x = torch.randn(1, 44099, generator=torch.Generator().manual_seed(0))
+    sharp = watermark_resampling.one_pass(x, 44099, 16000, beta=14.8)
+    soft = watermark_resampling.one_pass(x, 44099, 16000)
+    assert sharp.shape == soft.shape and not torch.equal(sharp, soft)
 
 
 def test_length_matches_torchaudio_where_its_float32_rounding_shows():
@@ -50,6 +85,7 @@ def test_length_matches_torchaudio_where_its_float32_rounding_shows():
 
 def test_the_two_copies_stay_the_same():
     # Components share no code (DESIGN.md), so detectors and watermark each hold one.
-    assert inspect.getsource(detector_resampling.resample) == inspect.getsource(
-        watermark_resampling.resample
-    )
+    for name in ("resample", "one_pass"):
+        assert inspect.getsource(getattr(detector_resampling, name)) == inspect.getsource(
+            getattr(watermark_resampling, name)
+        )

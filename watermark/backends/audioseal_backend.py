@@ -35,7 +35,6 @@ from typing import Any
 os.environ.setdefault("NO_TORCH_COMPILE", "1")  # audioseal wraps forward passes in torch.compile
 
 import torch  # noqa: E402
-import torchaudio  # noqa: E402
 from audioseal.builder import (  # noqa: E402
     AudioSealDetectorConfig,
     AudioSealWMConfig,
@@ -630,9 +629,7 @@ class AudioSealBackend:
             for (c, b), x16, mark in zip(batch, inputs, marks[:, 0], strict=True):
                 native = mark[: x16.shape[-1]]
                 if rate != MODEL_RATE:
-                    native = torchaudio.functional.resample(
-                        native, MODEL_RATE, rate, **MARK_RESAMPLE_FILTER
-                    )
+                    native = resample(native, MODEL_RATE, rate, **MARK_RESAMPLE_FILTER)
                 span = b.context_stop - b.context_start
                 native = torch.nn.functional.pad(native, (0, max(0, span - native.shape[-1])))
                 offset = b.start - b.context_start

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torchaudio.functional import resample
 
+from watermark.resampling import resample
 from watermark.types import Detection, EmbedResult, Segment, WatermarkError
 from watermark.types import snr_db as _snr_db
 

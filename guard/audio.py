@@ -13,7 +13,7 @@ import os
 import secrets
 import stat
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -208,7 +208,10 @@ def save_blocks(
     except (OSError, sf.LibsndfileError) as err:
         raise AudioError(path, f"could not be written ({_reason(err)})") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        # In a folder we may not even search, this unlink fails too; its error must not
+        # replace the sentence above with a traceback naming the temporary file.
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
     subtype, frames = written
     return AudioInfo(str(path), sample_rate, channels, frames, fmt, subtype)
 
@@ -293,18 +296,21 @@ def iter_audio_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     """Expand folders into their audio files, in a stable order, for multi-file commands.
 
     Whatever the user named explicitly is yielded even when it is missing or has an unknown
-    extension, so the command reports it instead of silently skipping it.
+    extension, so the command reports it instead of silently skipping it; so is a named folder
+    that yields no audio (empty, or one we may not list), or a CI job that scans two folders
+    passes with one of them judged and the other never read.
     """
     for given in paths:
         path = Path(given)
         if path.is_dir():
             # A dangling link is yielded too: it looks like audio, so the user should hear
             # that it leads nowhere rather than find it silently missing from the results.
-            yield from sorted(
+            found = sorted(
                 p
                 for p in path.rglob("*")
                 if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or not p.exists())
             )
+            yield from found or [path]
         else:
             yield path
 
@@ -367,15 +373,27 @@ def _check_size(path: Path, limits: Limits) -> None:
     except OSError as err:
         raise AudioError(path, f"cannot be read ({err.strerror or err})") from err
     if stat.S_ISDIR(st.st_mode):
-        raise AudioError(path, "is a folder, not an audio file")
+        raise AudioError(path, _folder_problem(path))
     if not stat.S_ISREG(st.st_mode):
         # A pipe or device could block forever or never end; uploads are regular files.
         raise AudioError(path, "is not a regular file")
+    if not os.access(path, os.R_OK):
+        # Else libsndfile's refusal reads as a damaged header, and the user hunts a codec bug.
+        raise AudioError(path, "cannot be read (permission denied)")
     size = st.st_size
     if size == 0:
         raise AudioError(path, "is empty (0 bytes)")
     if size > limits.max_bytes:
         raise AudioError(path, f"is {size:,} bytes, over the limit of {limits.max_bytes:,} bytes")
+
+
+def _folder_problem(path: Path) -> str:
+    """Why a folder stands where a file was expected: which of three things a person fixes."""
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "is a folder that cannot be read (permission denied)"
+    if not any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.rglob("*")):
+        return "is a folder with no WAV, FLAC, OGG or MP3 file in it"
+    return "is a folder, not an audio file"
 
 
 def _check_header(info: AudioInfo, limits: Limits) -> None:

@@ -24,7 +24,7 @@ HEAD_HELP = "Detector head (JSON); default: the shipped compact AST head."
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True)
 @click.option("--head", type=click.Path(dir_okay=False), help=HEAD_HELP)
 @click.option("--backbone", help="AST backbone (HF id or directory) when the head names none.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input, one per line.")

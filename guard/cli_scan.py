@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from guard import audio as audio_io
 from guard.guard import Guard, GuardConfig, parse_meta
-from guard.progress import audio_files, progress, say
+from guard.progress import progress, say
 from guard.report import report_path_problem, summarize, write_report
 from policies import ACTIONS, AuditLogError, PolicyError, head_hash
 from watermark.registry import BACKENDS
@@ -244,7 +244,7 @@ def run_scan(
     on_result: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Walk ``paths``, screen every file, hand each line to ``on_result`` in input order."""
-    files = audio_files(paths)
+    files = list(audio_io.iter_audio_paths(paths))
     results = []
     for result in screen_paths(
         guard, files, workers=workers or default_workers(), meta=meta, quiet=quiet

@@ -28,15 +28,6 @@ def progress(items: list[T], *, quiet: bool = False, label: str = "files") -> It
     yield from iterable
 
 
-def audio_files(paths: Iterable[str]) -> list[Path]:
-    """The files a multi-file command will read; none at all is an error, because a CI job
-    pointed at an empty or mistyped folder must not pass by having nothing to judge."""
-    files = list(audio_io.iter_audio_paths(paths))
-    if not files:
-        raise click.ClickException("no audio files found in " + ", ".join(map(str, paths)))
-    return files
-
-
 def one_line(text: str) -> str:
     """``text`` with every control character escaped (a newline shows as ``\\n``).
 
@@ -70,13 +61,16 @@ def each_audio_file(
     """Decode every file under ``paths``, analyse and emit it; a file that fails ``errors``
     becomes an error line, the others still run, and the command exits 1 at the end."""
     failed = False
-    for path in progress(audio_files(paths), quiet=as_json):
+    for path in progress(list(audio_io.iter_audio_paths(paths)), quiet=as_json):
         try:
             samples, info = audio_io.load(path)
             answer = analyse(samples, info.sample_rate)
         except (audio_io.AudioError, *errors) as exc:
             failed = True
-            emit_error(path, exc, as_json)
+            # Decoding errors name their file already; a backend's (a rate too low, a clip
+            # too short) do not, and among many inputs the reader must see which one failed.
+            text = str(exc)
+            emit_error(path, text if text.startswith(f"{path}:") else f"{path}: {text}", as_json)
             continue
         emit(path, answer)
     if failed:

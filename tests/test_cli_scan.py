@@ -176,7 +176,7 @@ def test_an_empty_folder_fails_instead_of_passing_the_gate(tmp_path):
     (tmp_path / "notes.txt").write_text("no audio here")
     result = CliRunner().invoke(cli, ["scan", str(tmp_path), "--fail-on", "block", *FAST])
     assert result.exit_code == 1
-    assert "no audio files found" in result.output
+    assert f"{tmp_path}: is a folder with no WAV, FLAC, OGG or MP3 file in it" in result.output
 
 
 @pytest.mark.parametrize("command", [["scan"], ["audit"]])

@@ -204,12 +204,18 @@ def test_embed_failures_name_the_file_and_stay_json(tmp_path, key, backend, payl
 
 
 @pytest.mark.parametrize("command", [["watermark", "detect"], ["detect"]])
-def test_an_empty_folder_is_an_error_not_a_silent_pass(tmp_path, key, command):
+def test_an_empty_folder_is_an_error_not_a_silent_pass(tmp_path, key, command, samples_dir):
+    # Named beside a file that does have audio, the empty folder went unmentioned, exit 0.
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    sample = samples_dir / "speech" / "warzone_tutorial_tut73.flac"
     extra = ["--key", str(key)] if command[0] == "watermark" else []
-    result = CliRunner().invoke(cli, [*command, str(tmp_path / "empty"), *extra])
-    assert result.exit_code == 1
-    assert f"no audio files found in {tmp_path / 'empty'}" in result.output
+    alone = CliRunner().invoke(cli, [*command, str(tmp_path / "empty"), *extra])
+    beside = CliRunner().invoke(cli, [*command, str(tmp_path / "empty"), str(sample), *extra])
+    for result in (alone, beside):
+        assert result.exit_code == 1
+        assert f"{tmp_path / 'empty'}: is a folder with no WAV, FLAC, OGG or MP3" in result.output
+    assert str(sample) in beside.output
 
 
 def test_keyed_needs_a_key(run, samples_dir):

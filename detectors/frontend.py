@@ -19,12 +19,34 @@ FRAME_LENGTH_MS = 25.0
 FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
 HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
 FBANK_BLOCK_FRAMES = 60_000  # ten minutes
+CANCELLED_SHARE = 0.25  # channels cancel when their mean keeps less of their average power
 
 
 def to_model_input(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Mix ``(channels, samples)`` to mono at 16 kHz, the rate AST was built for."""
-    mono = audio.float().mean(dim=0) if audio.dim() == 2 else audio.float()
+    mono = mix_down(audio.float()) if audio.dim() == 2 else audio.float()
     return resample(mono, sample_rate, SAMPLE_RATE)
+
+
+def mix_down(audio: torch.Tensor) -> torch.Tensor:
+    """``(channels, samples)`` → ``(samples,)``: the mean of the channels, unless the mean has
+    lost most of their energy; then the loudest channel alone.
+
+    A plain mean hides everything in stereo whose channels are in antiphase: the mean of
+    ``[x, -x]`` is digital silence, so speech with one channel's polarity flipped (an edit
+    that sounds the same on headphones) was "no speech to judge". The mean keeps about half
+    the power of unrelated channels and all of identical ones, so ordinary stereo, a silent
+    channel and mono are mixed exactly as before. ``watermark.channels`` applies the same
+    rule (components do not import each other).
+    """
+    mean = audio.mean(0)
+    if audio.shape[0] < 2:
+        return mean
+    channel_power = torch.linalg.vector_norm(audio, dim=-1).double().square()
+    mean_power = torch.linalg.vector_norm(mean).double().square()
+    if bool(mean_power < CANCELLED_SHARE * channel_power.mean()):
+        return audio[int(channel_power.argmax())]
+    return mean
 
 
 def fbank(mono_16k: torch.Tensor) -> torch.Tensor:

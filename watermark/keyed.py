@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.special import log_ndtr
 
-from watermark import coding
+from watermark import channels, coding
 from watermark import keyed_dsp as dsp
 from watermark.resampling import resample
 from watermark.types import DEFAULT_P_THRESHOLD, Detection, EmbedResult, Segment, WatermarkError
@@ -56,6 +56,14 @@ def _fit(x: torch.Tensor, length: int) -> torch.Tensor:
     if x.shape[-1] >= length:
         return x[..., :length]
     return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
+def _heard(plan: dsp.MarkPlan, host: torch.Tensor) -> dsp.MarkPlan:
+    """``plan`` with only the channel that detection reads when ``host``'s channels cancel
+    (see :mod:`watermark.channels`): codec-like noise is shaped on that mix, which would
+    otherwise be silence."""
+    channel = channels.analysis_channel(host)
+    return plan if channel is None else replace(plan, spec=plan.spec[channel : channel + 1])
 
 
 def _tail_p(z: float, tests: int) -> float:
@@ -219,7 +227,9 @@ class KeyedBackend:
         host = buffer[:, lo - origin : hi - origin]
         first_frame = round(lo / sample_rate * frames_per_second)
         # White noise STRESS_NOISE_DB below the host, as much of it as lands below 4 kHz.
-        noise_power = float(host.mean(0).double().square().mean()) * min(1.0, rate / sample_rate)
+        noise_power = float(channels.mix_down(host).double().square().mean()) * min(
+            1.0, rate / sample_rate
+        )
         noise_power *= 10 ** (-STRESS_NOISE_DB / 10)
         codec_db = WIDE_CODEC_NOISE_DB if sample_rate > 16000 else CODEC_NOISE_DB
         part, active = self._reinforced_delta(
@@ -259,7 +269,7 @@ class KeyedBackend:
         )
         for _ in range(REINFORCE_ROUNDS):
             if alignment is None:
-                alignment = self._quick_alignment((low_rate + part).mean(0))
+                alignment = self._quick_alignment(channels.mix_down(low_rate + part, low_rate))
             margins = self._bit_margins(alignment, expected)
             if bool((margins >= REINFORCE_TARGET).all()):
                 break
@@ -300,11 +310,11 @@ class KeyedBackend:
         Returns the plan, the mark it renders with ``signs``, and that mark's alignment over
         the whole stretch when one window covered it (so the caller need not measure again).
         """
-        mono = low_rate.mean(0)
+        mono = channels.mix_down(low_rate)
         generator = torch.Generator().manual_seed(0)
         noise = torch.randn(mono.shape, generator=generator) * math.sqrt(noise_power)
         plan = dsp.plan_mark(low_rate, first_frame, params)
-        codec = dsp.codec_noise(plan, codec_db, generator, self.params)
+        codec = dsp.codec_noise(_heard(plan, low_rate), codec_db, generator, self.params)
         windows, crops = self._stretches(mono.shape[0], plan.active)
         extra = torch.zeros_like(plan.frame_energy)
         previous: dict[tuple[int, int], float] = {}
@@ -318,7 +328,7 @@ class KeyedBackend:
             for stress in stresses:
                 added, sync_score, payload_score = stress
                 stressed, _, payload = self._stretch_scores(
-                    mono + part.mean(0) + added, windows, expected
+                    mono + channels.mix_down(part, low_rate) + added, windows, expected
                 )
                 passed = True
                 for w, z, q in zip(windows, stressed, payload, strict=True):
@@ -329,7 +339,9 @@ class KeyedBackend:
                     failing.append(stress)
             stresses = failing
             if not stresses:  # clean scores are higher; they rarely ask for more
-                clean, whole, _ = self._stretch_scores(mono + part.mean(0), windows + crops)
+                clean, whole, _ = self._stretch_scores(
+                    mono + channels.mix_down(part, low_rate), windows + crops
+                )
                 targets = [ROBUST_SCORE] * len(windows) + [CROP_SCORE] * len(crops)
                 for stretch, z, target in zip(windows + crops, clean, targets, strict=True):
                     margins[stretch] = min(margins.get(stretch, math.inf), z / target)
@@ -421,7 +433,7 @@ class KeyedBackend:
     def detect(self, audio: torch.Tensor, sample_rate: int) -> Detection:
         self._check_rate(sample_rate)
         rate = self.params.rate
-        mono = resample(audio.mean(0), sample_rate, rate)
+        mono = resample(channels.mix_down(audio), sample_rate, rate)
         spans = _detector_windows(mono.shape[0], rate)
         found = [self._detect_chunk(mono[s:e], s) for s, e in spans]
         found = [f for f in found if f is not None]
@@ -456,7 +468,7 @@ class KeyedBackend:
         This is what ``benchmarks/keyed_null.py`` measures on unmarked audio to check that
         :meth:`p_value` is conservative.
         """
-        low = resample(audio.mean(0), sample_rate, self.params.rate)
+        low = resample(channels.mix_down(audio), sample_rate, self.params.rate)
         quick_z = search_z = -math.inf
         for weighted in dsp.detector_feature_sets(low, self.params, self._weightings):
             features = dsp.cumulative_bins(weighted)

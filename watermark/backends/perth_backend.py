@@ -19,7 +19,8 @@ What this module adds:
   added at the native rate, so content above 2 kHz (all of a 48 kHz file's top octaves) is
   left bit-for-bit alone apart from float rounding.
 - Channels: each channel is marked on its own (the mark follows each channel's content and a
-  silent channel stays silent); detection runs on the mono mix, one test per file.
+  silent channel stays silent); detection runs on the mono mix, one test per file (where
+  the channels cancel in antiphase, on the loudest channel instead: :mod:`watermark.channels`).
 - Time resolution: Perth scores a whole excerpt, so detection slides a 2 s window with a 1 s
   hop, and each test takes the median of 3 consecutive windows (4 s); tests that pass become
   the segments. The median is there because tonal music often makes one window score as
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 import yaml
 
+from watermark.channels import mix_down
 from watermark.resampling import resample
 from watermark.types import Detection, EmbedResult, Segment, WatermarkError
 from watermark.types import snr_db as _snr_db
@@ -229,7 +231,7 @@ def window_scores(audio: torch.Tensor, sample_rate: int) -> WindowScores:
     louder than 5% of the loudest), so a short clip is scored on its own sound.
     """
     rate = perth_rate()
-    mono = audio.float().mean(0)
+    mono = mix_down(audio.float())
     n = math.ceil(mono.shape[-1] * rate / sample_rate)
     size, hop = int(WINDOW_SECONDS * rate), int(HOP_SECONDS * rate)
     starts = _window_starts(n, size, hop)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -21,6 +22,7 @@ from policies import (
     Decision,
     Policy,
     PolicyError,
+    check_fact,
     generate_signing_key,
     load_public_key,
     verify_log,
@@ -29,6 +31,7 @@ from policies.policy import ON_ERROR_SKIP
 
 REPORT_COMMAND = "report"
 _VALUE_WIDTH = 100
+_RECORD_HASH = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @click.group()
@@ -116,15 +119,36 @@ def _load_facts(arg: str) -> dict[str, Any]:
     else:
         source, text = "the JSON given", arg
     try:
-        facts = json.loads(text)
+        return _parse_facts(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{source}: {exc}", param_hint="--facts") from None
+
+
+def _parse_facts(text: str) -> dict[str, Any]:
+    """The facts in ``text``; ``ValueError`` with a sentence (without the source) if unusable.
+
+    Each fact is checked here as the policy will check it, so that a bad value is blamed on
+    ``--facts`` rather than on the policy file.
+    """
+    try:
+        facts = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(
-            f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
-            param_hint="--facts",
+        raise ValueError(
+            f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:  # json decodes nested arrays and objects by recursion
+        raise ValueError("facts are nested too deeply") from None
     if not isinstance(facts, dict):
-        raise click.BadParameter(f"{source}: facts must be a JSON object", param_hint="--facts")
+        raise ValueError("facts must be a JSON object")
+    for name, value in facts.items():
+        check_fact(name, value)
     return facts
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    """Python's json reads NaN and Infinity, which JSON has not got; a NaN score compares
+    false with every threshold, so it would pass every rule."""
+    raise ValueError(f"{name} is not a number facts can hold")
 
 
 def _is_inline_json(arg: str) -> bool:
@@ -239,6 +263,7 @@ def audit() -> None:
 @click.option(
     "--anchor",
     metavar="HASH",
+    callback=lambda _ctx, _param, value: _anchor_hash(value),
     help="A head hash recorded earlier (an auditor's report shows it); the log must contain it.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -261,6 +286,18 @@ def verify(log: str, public_key: str | None, anchor: str | None, as_json: bool) 
         click.echo(f"{log}: FAILED after {result.records} good records: {result.problem}")
     if not result.ok:
         sys.exit(1)
+
+
+def _anchor_hash(value: str | None) -> str | None:
+    """``--anchor`` in the log's lower case; anything but a hash is a mistyped option, which
+    must not be reported as records cut off the log."""
+    if value is None:
+        return None
+    if not _RECORD_HASH.fullmatch(value):
+        raise click.BadParameter(
+            "must be the 64 hex digits of a record hash (the head hash that audit verify prints)"
+        )
+    return value.lower()
 
 
 @audit.command()

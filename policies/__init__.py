@@ -15,7 +15,7 @@ from policies.audit_log import (
     load_signing_key,
     verify_log,
 )
-from policies.cel_engine import KNOWN_FACTS
+from policies.cel_engine import KNOWN_FACTS, check_fact
 from policies.policy import (
     ACTIONS,
     Decision,
@@ -36,6 +36,7 @@ __all__ = [
     "RuleTrace",
     "VerifyResult",
     "builtin_policy_path",
+    "check_fact",
     "generate_signing_key",
     "head_hash",
     "load_public_key",

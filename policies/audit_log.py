@@ -262,8 +262,10 @@ class _Chain:
 
     def check(self, n: int, raw: bytes, rest: Iterator[tuple[int, bytes]]) -> VerifyResult | None:
         complete = raw.endswith(b"\n")
-        record = _parse_json(raw.rstrip(b"\n"))
-        if record is None or not _has_chain_fields(record):
+        record, what = _json_object(raw.rstrip(b"\n"))
+        if record is not None and not _has_chain_fields(record):
+            record, what = None, "not an audit record (no seq/prev/hash)"
+        if record is None:
             if not complete:
                 return self.result(
                     n,
@@ -272,7 +274,6 @@ class _Chain:
                     "verify; the next append removes it and records a repair note)",
                     torn=True,
                 )
-            what = "not JSON" if record is None else "not an audit record (no seq/prev/hash)"
             return self.result(n, f"line {n} is {what}: it was edited or inserted")
         if record_hash(record) != record["hash"]:
             return self.result(n, f"line {n} was edited: its content does not match its hash")
@@ -306,7 +307,7 @@ class _Chain:
                 records=n - 2,
             )
         for later, raw in rest:
-            candidate = _parse_json(raw.rstrip(b"\n"))
+            candidate, _ = _json_object(raw.rstrip(b"\n"))
             if candidate is not None and candidate.get("hash") == prev:
                 return self.result(
                     n,
@@ -473,12 +474,17 @@ def _read_tail(fd: int) -> tuple[bytes | None, bytes]:
             return buf[line_start:last_newline], buf[last_newline + 1 :]
 
 
-def _parse_json(raw: bytes) -> dict[str, Any] | None:
+def _json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object on one line, or None and what the line is instead, for the verdict."""
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+        return None, "not JSON"
+    except RecursionError:  # json decodes nested arrays and objects by recursion
+        return None, "not JSON (nested too deeply)"
+    if not isinstance(value, dict):
+        return None, "not a JSON object"
+    return value, ""
 
 
 def _has_chain_fields(record: Mapping[str, Any]) -> bool:
@@ -491,7 +497,7 @@ def _has_chain_fields(record: Mapping[str, Any]) -> bool:
 
 def _parse_record(raw: bytes) -> dict[str, Any] | None:
     """A record whose hash matches its content, or None."""
-    record = _parse_json(raw)
+    record, _ = _json_object(raw)
     if record is None or not _has_chain_fields(record):
         return None
     return record if record_hash(record) == record["hash"] else None

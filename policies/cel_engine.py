@@ -3,23 +3,30 @@
 Conditions are Common Expression Language (``celpy``), never Python ``eval``: a policy file is
 data that anyone may hand us, and CEL cannot reach the filesystem or loop forever.
 
-Three things here go beyond what ``celpy`` does by itself:
+Four things here go beyond what ``celpy`` does by itself:
 
 - At compile time the parse tree is walked to find every fact a condition refers to (with
   macro variables such as ``w`` in ``watermarks.exists(w, w.detected)`` in scope), so a typo
   like ``synthetic_prob`` is an error when the policy loads rather than a rule that silently
   never fires; the same walk records the dotted paths (``meta.uploader``) that the trace shows.
 - ``celpy`` has no type checker, so compile time also works out the type a condition gives
-  where no fact can change it: ``1 + 2`` or ``watermarks.filter(...)`` is never true or false,
-  and a rule written that way would never fire. Anything that depends on the facts
-  (``meta.flag``) is left to run time.
+  where the facts cannot change it, from the declared type of each fact: ``1 + 2``,
+  ``synthetic_probability`` (a double) or ``watermarks.filter(...)`` is never true or false,
+  and a rule written that way would never fire. What the schema leaves open (``meta.flag``)
+  is left to run time.
+- ``celpy`` evaluates by recursion, so a condition nested deeper than it can evaluate is
+  refused when it compiles, not when the first input reaches it; facts nested too deeply are
+  refused before they are converted.
 - Facts are converted to CEL values with the numeric types the fact schema promises, so
-  ``duration > 5`` works whether the caller passed ``6`` or ``6.0``.
+  ``duration > 5`` works whether the caller passed ``6`` or ``6.0``; a score outside 0..1 or a
+  NaN or infinite number is refused, because NaN compares false with every threshold and
+  would pass every rule unnoticed.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
@@ -31,18 +38,29 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import base_functions
 
-KNOWN_FACTS: tuple[str, ...] = (
-    "channels",
-    "duration",
-    "mark_verified",
-    "meta",
-    "sample_rate",
-    "segments",
-    "speech_seconds",
-    "synthetic_probability",
-    "tags",
-    "watermarks",
-)
+# Every fact and the CEL type it has when given (a detector's figures may also be null).
+FACT_TYPES: dict[str, str] = {
+    "channels": "int",
+    "duration": "double",
+    "mark_verified": "bool",
+    "meta": "map",
+    "sample_rate": "int",
+    "segments": "list",
+    "speech_seconds": "double",
+    "synthetic_probability": "double",
+    "tags": "list",
+    "watermarks": "list",
+}
+KNOWN_FACTS: tuple[str, ...] = tuple(FACT_TYPES)
+# Facts that are probabilities; any other double fact need only be finite.
+_PROBABILITY_FACTS = frozenset({"synthetic_probability"})
+# How deeply mappings and lists may nest inside one fact; scan's --meta allows 32 levels.
+MAX_FACT_DEPTH = 64
+# How deep a condition's parse tree may be. celpy evaluates with several Python frames per
+# node under a recursion limit of 2500; one level of brackets or of a call is about ten nodes,
+# so this allows some 18 levels, above the 12 that CEL promises.
+_MAX_TREE_DEPTH = 200
+_TOO_DEEP = "condition is nested too deeply"
 
 # Identifiers that CEL itself defines (type names, usable as in ``type(x) == int``).
 _CEL_TYPE_NAMES = frozenset(
@@ -52,7 +70,7 @@ _CEL_TYPE_NAMES = frozenset(
 _MACROS = frozenset({"all", "exists", "exists_one", "filter", "map"})
 # Fields the fact schema declares as floating point (top-level facts, and fields of the
 # records inside list facts). An int there becomes a CEL double so comparisons type-check.
-_DOUBLE_FACTS = frozenset({"synthetic_probability", "duration", "speech_seconds"})
+_DOUBLE_FACTS = frozenset(name for name, cel in FACT_TYPES.items() if cel == "double")
 _DOUBLE_FIELDS = {
     "segments": frozenset({"start", "end", "synthetic_probability"}),
     "watermarks": frozenset({"p_value", "score"}),
@@ -145,6 +163,10 @@ def compile_condition(source: str, known_facts: Sequence[str] = KNOWN_FACTS) -> 
     except celpy.CELParseError as exc:
         where = f" at column {exc.column + 1}" if exc.column is not None else ""
         raise ConditionError(f"bad CEL expression{where}: {source!r}") from None
+    except RecursionError:
+        raise ConditionError(_TOO_DEEP) from None
+    if _deeper_than(tree, _MAX_TREE_DEPTH):
+        raise ConditionError(_TOO_DEEP)
     paths: list[tuple[str, ...]] = []
     calls: list[str] = []
     _collect(tree, frozenset(), paths, calls)
@@ -178,10 +200,24 @@ def lookup(facts: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     return True, value
 
 
+def check_fact(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming the fact if ``value`` is one no rule can judge soundly."""
+    if _deeper_than(value, MAX_FACT_DEPTH):
+        raise ValueError(f'fact "{name}" is nested too deeply (at most {MAX_FACT_DEPTH} levels)')
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return
+    if name in _PROBABILITY_FACTS and not 0 <= value <= 1:
+        raise ValueError(f'fact "{name}" must be a number from 0 to 1, got {value}')
+    if name in _DOUBLE_FACTS and not math.isfinite(value):
+        raise ValueError(f'fact "{name}" must be a finite number, got {value}')
+
+
 def facts_to_cel(facts: Mapping[str, Any]) -> dict[str, Any]:
-    """The CEL activation for ``facts``; raises ``TypeError`` naming a fact it cannot convert."""
+    """The CEL activation for ``facts``; raises ``TypeError`` naming a fact it cannot convert
+    and ``ValueError`` naming one that :func:`check_fact` refuses."""
     activation = {}
     for name, value in facts.items():
+        check_fact(name, value)
         if name in _DOUBLE_FACTS:
             value = _as_double(value)
         elif name in _DOUBLE_FIELDS and isinstance(value, Sequence) and not isinstance(value, str):
@@ -219,6 +255,29 @@ def _as_double(value: Any) -> Any:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether mappings, lists or parse-tree nodes nest more than ``limit`` levels in ``value``.
+
+    Counted without recursing, since deep input is what it guards against; it stops at the
+    first path past the limit, so a self-containing value ends too.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, lark.Tree):
+            children: Any = item.children
+        elif isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
+            children = item
+        else:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children)
+    return False
 
 
 def _coerce_fields(item: Any, fields: frozenset[str]) -> Any:
@@ -274,9 +333,11 @@ def _collect(
 def _static_type(node: lark.Tree) -> str | None:
     """The CEL type ``node`` gives whatever the facts are, or None where the facts decide.
 
-    Conservative: a fact, an index, ``dyn()`` or an unlisted call is None, so only a condition
-    that can never be true or false is refused. Arithmetic never gives a bool in CEL, so it is
-    named by its operator when its operands' types are not both known.
+    Conservative: a fact's field (``meta.flag``), an index, ``dyn()`` or an unlisted call is
+    None, so only a condition that can never be true or false is refused. A fact has its
+    declared type; one that is null instead (no detector ran) is an error, never a bool
+    either. Arithmetic never gives a bool in CEL, so it is named by its operator when its
+    operands' types are not both known.
     """
     kind, children = node.data, node.children
     if kind in _PASS_THROUGH and len(children) == 1:
@@ -300,8 +361,9 @@ def _static_type(node: lark.Tree) -> str | None:
         return _LITERAL_TYPES.get(children[0].type)
     if kind in ("list_lit", "map_lit"):
         return kind.removesuffix("_lit")
-    if kind == "ident":
-        return "type" if str(children[0]) in _CEL_TYPE_NAMES else None
+    if kind == "ident":  # a fact: macro variables are never reached, as macros are not entered
+        name = str(children[0])
+        return "type" if name in _CEL_TYPE_NAMES else FACT_TYPES.get(name)
     if kind in ("ident_arg", "dot_ident_arg"):
         return _FUNCTION_TYPES.get(str(children[0]))
     if kind == "member_dot_arg":

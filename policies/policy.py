@@ -138,13 +138,7 @@ class Policy:
         path = Path(path)
         if not path.exists() and path.name == str(path) and path.suffix == "":
             path = builtin_policy_path(path.name)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PolicyError([f"{path}: no such policy file"]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError([f"{path}: cannot read the policy ({exc})"]) from None
-        return cls.from_yaml(text, source=str(path))
+        return cls.from_yaml(_read_policy_text(path), source=str(path))
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<policy>") -> Policy:
@@ -155,6 +149,8 @@ class Policy:
             where = f" (line {mark.line + 1})" if mark is not None else ""
             problem = getattr(exc, "problem", None) or "invalid"
             raise PolicyError([f"{source}: not valid YAML{where}: {problem}"]) from None
+        except RecursionError:  # PyYAML composes nested collections by recursion
+            raise PolicyError([f"{source}: the YAML is nested too deeply to read"]) from None
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -209,12 +205,13 @@ class Policy:
         """Evaluate every rule on ``facts``; the first that matches decides.
 
         Runtime errors in a condition never raise (see the module docstring); a fact value that
-        cannot be a CEL value at all (an object, not JSON-like data) is the caller's bug and
-        raises :class:`PolicyError`.
+        cannot be a CEL value at all (an object, not JSON-like data) or that no rule can judge
+        soundly (a NaN score, see :func:`policies.cel_engine.check_fact`) is the caller's bug
+        and raises :class:`PolicyError`.
         """
         try:
             activation = facts_to_cel(facts)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise PolicyError([f"{self.source}: {exc}"]) from None
         trace: list[RuleTrace] = []
         winner: Rule | None = None
@@ -263,6 +260,21 @@ class Policy:
             policy_name=self.name,
             policy_version=self.version,
         )
+
+
+def _read_policy_text(path: Path) -> str:
+    """The policy file's text, or a PolicyError that says in words why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([f"{path}: no such policy file"]) from None
+    except IsADirectoryError:
+        raise PolicyError([f"{path}: is a folder, not a policy file"]) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PolicyError([f"{path}: cannot read the policy ({reason})"]) from None
+    except UnicodeDecodeError:
+        raise PolicyError([f"{path}: cannot read the policy (not UTF-8 text)"]) from None
 
 
 def builtin_policy_path(name: str) -> Path:

@@ -218,6 +218,17 @@ def test_a_line_that_is_not_a_record_is_named(log_path):
     assert "not an audit record" in result.problem
 
 
+@pytest.mark.parametrize("line", ["[1, 2]", '"hello"', "null", "3"])
+def test_a_json_line_that_is_not_an_object_is_named(log_path, line):
+    fill(log_path, 3)
+    text = lines(log_path)
+    text.insert(1, line + "\n")
+    write_lines(log_path, text)
+    result = verify_log(log_path)
+    assert (result.first_bad, result.torn) == (2, False)
+    assert result.problem == "line 2 is not a JSON object: it was edited or inserted"
+
+
 # --- signatures --------------------------------------------------------------------------------
 
 

@@ -68,6 +68,26 @@ def test_check_rejects_a_condition_that_is_never_true_or_false(run, tmp_path):
     )
 
 
+def test_check_rejects_a_condition_that_is_a_bare_number_fact(run, tmp_path):
+    path = tmp_path / "nonbool.yaml"
+    path.write_text(
+        "name: t\nversion: 1\ndefault: allow\nrules:\n"
+        "  - id: a\n    when: synthetic_probability\n    action: block\n"
+    )
+    out = run("policy", "check", str(path), "upload-screening")
+    assert out.exit_code == 1
+    assert out.stderr == (
+        f'error: {path}: rule "a": condition must give true or false, but this one gives double\n'
+    )
+    assert "upload-screening: ok" in out.stdout
+
+
+def test_check_says_a_folder_is_not_a_policy_file(run, tmp_path):
+    out = run("policy", "check", str(tmp_path), "upload-screening")
+    assert out.exit_code == 1
+    assert out.stderr == f"error: {tmp_path}: is a folder, not a policy file\n"
+
+
 def test_check_json_gives_one_line_per_policy(run, bad_policy):
     out = run("policy", "check", "--json", "audit-strict", str(bad_policy))
     good, bad = (json.loads(line) for line in out.stdout.splitlines())
@@ -136,6 +156,11 @@ def test_explain_json_reads_facts_from_a_file(run, tmp_path, form):
         ('"uploader"', "the JSON given: facts must be a JSON object"),
         ('{"a": [1, 2]', "not valid JSON"),
         ("missing.json", "missing.json: cannot read facts"),
+        ('{"synthetic_probability": NaN}', "the JSON given: NaN is not a number facts can hold"),
+        ('{"duration": Infinity}', "the JSON given: Infinity is not a number facts can hold"),
+        ('{"duration": -Infinity}', "the JSON given: -Infinity is not a number facts can hold"),
+        ('{"duration": 1e999}', 'the JSON given: fact "duration" must be a finite number'),
+        ('{"synthetic_probability": 95}', '"synthetic_probability" must be a number from 0 to 1'),
     ],
 )
 def test_explain_rejects_facts_it_cannot_use(run, facts, message):
@@ -226,6 +251,24 @@ def test_verify_a_torn_log_names_the_torn_line(run, tmp_path):
         handle.write(b'{"seq":3,')
     out = run("audit", "verify", str(log))
     assert out.exit_code == 1 and "line 3 is torn" in out.stdout
+
+
+@pytest.mark.parametrize("anchor", ["zz", "ab" * 31, "ab" * 33, "g" * 64, ""])
+def test_verify_refuses_an_anchor_that_is_not_a_hash(run, tmp_path, anchor):
+    log = tmp_path / "audit.jsonl"
+    fill(log)
+    out = run("audit", "verify", str(log), "--anchor", anchor)
+    assert out.exit_code == 2
+    assert "--anchor" in out.stderr
+    assert "must be the 64 hex digits of a record hash" in out.stderr
+    assert "cut off" not in out.output
+
+
+def test_verify_takes_an_anchor_in_capitals(run, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    stored = fill(log)
+    out = run("audit", "verify", str(log), "--anchor", stored[-1]["hash"].upper())
+    assert out.exit_code == 0, out.output
 
 
 # --- the audit group: `audit verify LOG` and `audit DIR --report FILE` side by side ----------

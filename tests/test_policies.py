@@ -191,6 +191,12 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert len(err.value.problems) == 4  # unknown fact, unknown action, duplicate id, syntax
 
 
+def test_a_folder_is_not_a_policy_file(tmp_path):
+    with pytest.raises(PolicyError) as err:
+        Policy.load(tmp_path)
+    assert err.value.problems == [f"{tmp_path}: is a folder, not a policy file"]
+
+
 def test_bad_default_and_bad_yaml_are_errors(tmp_path):
     bad_default = tmp_path / "d.yaml"
     bad_default.write_text("name: t\nversion: 1\ndefault: deny\nrules: []\n")
@@ -217,8 +223,16 @@ def test_an_unquoted_boolean_condition_is_accepted(tmp_path):
     ("when", "gives"),
     [
         ("1 + 2", "int"),
-        ("synthetic_probability * 2.0", "the result of *"),
-        ("-duration", "the result of -"),
+        ("synthetic_probability", "double"),
+        ("speech_seconds", "double"),
+        ("channels", "int"),
+        ("meta", "map"),
+        ("watermarks", "list"),
+        ("synthetic_probability * 2.0", "double"),
+        ("sample_rate / 2", "int"),
+        ("-duration", "double"),
+        ("-meta.score", "the result of -"),
+        ("duration + 1", "the result of +"),
         ('"block"', "string"),
         ("[true]", "list"),
         ('{"a": true}', "map"),
@@ -245,6 +259,8 @@ def test_a_condition_that_can_never_be_true_or_false_is_a_load_error(tmp_path, w
         "(duration > 1) == true",
         '!has(meta.uploader) || meta.uploader.startsWith("a")',
         "watermarks.exists(w, w.detected)",
+        "mark_verified",
+        "tags.size() > 0 ? mark_verified : false",
     ],
 )
 def test_a_condition_whose_type_depends_on_the_facts_loads(tmp_path, when):
@@ -279,9 +295,33 @@ def test_on_error_action_makes_an_erroring_rule_decide(tmp_path):
 
 
 def test_a_condition_that_is_not_boolean_is_an_error(tmp_path):
-    policy = Policy.load(write_policy(tmp_path, rule("r1", "duration")))
-    (trace,) = policy.decide(facts()).trace
+    policy = Policy.load(write_policy(tmp_path, rule("r1", "meta.score")))
+    (trace,) = policy.decide(facts(meta={"score": 0.5})).trace
     assert (trace.result, trace.error) == ("error", "condition gave double, not true or false")
+
+
+@pytest.mark.parametrize(
+    ("fact", "value", "problem"),
+    [
+        ("synthetic_probability", float("nan"), "must be a number from 0 to 1, got nan"),
+        ("synthetic_probability", 95, "must be a number from 0 to 1, got 95"),
+        ("synthetic_probability", -0.5, "must be a number from 0 to 1, got -0.5"),
+        ("duration", float("inf"), "must be a finite number, got inf"),
+        ("speech_seconds", float("-inf"), "must be a finite number, got -inf"),
+    ],
+)
+def test_a_fact_outside_its_range_is_the_callers_error(tmp_path, fact, value, problem):
+    """NaN compares false with everything, so a NaN score would silently pass every rule."""
+    policy = Policy.load(write_policy(tmp_path, rule("score", "synthetic_probability >= 0.9")))
+    with pytest.raises(PolicyError) as err:
+        policy.decide(facts(**{fact: value}))
+    assert err.value.problems == [f'{tmp_path / "x.yaml"}: fact "{fact}" {problem}']
+
+
+@pytest.mark.parametrize("value", [None, 0, 1, 0.5])
+def test_a_score_from_0_to_1_or_null_is_accepted(tmp_path, value):
+    policy = Policy.load(write_policy(tmp_path, rule("score", "synthetic_probability >= 0.9")))
+    assert policy.decide(facts(synthetic_probability=value)).action in ("allow", "block")
 
 
 def test_a_missing_fact_is_an_error_naming_it(tmp_path):

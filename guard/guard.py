@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,19 +275,32 @@ def parse_meta(text: str) -> dict[str, Any]:
 
     Raises ValueError with a sentence. Nesting is bounded: thousands of brackets fit in a
     small field, and json, the policy engine and the audit log all recurse through them.
+    Every value must also be one the audit log can write: NaN, infinities and text that is
+    not Unicode passed here, the models ran, and the log's refusal came back as a 500.
     """
     too_deep = f"meta is nested too deeply (at most {MAX_META_DEPTH} levels)"
     try:
-        meta = json.loads(text)
+        meta = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"meta is not valid JSON ({exc.msg} at character {exc.pos})") from None
     except RecursionError:
         raise ValueError(too_deep) from None
+    except ValueError as exc:  # ours, or Python's limit on the digits of an int
+        message = str(exc)
+        raise ValueError(message if message.startswith("meta ") else _TOO_LONG) from None
     if not isinstance(meta, dict):
         raise ValueError('meta must be a JSON object, e.g. {"uploader": "alice"}')
     if _depth(meta) > MAX_META_DEPTH:
         raise ValueError(too_deep)
+    _check_values(meta)
     return meta
+
+
+_TOO_LONG = "meta holds a number too long to read"
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"meta holds {name}, which is not a number the audit log can record")
 
 
 def _depth(value: Any) -> int:
@@ -299,6 +313,26 @@ def _depth(value: Any) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+def _check_values(meta: dict[str, Any]) -> None:
+    """Refuse an overflowing number (``1e999`` reads as infinity) and text with a lone
+    surrogate (``"\\ud800"`` is valid JSON, but not UTF-8 the log can write)."""
+    stack: list[Any] = [meta]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("meta holds a number too large to record")
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("meta holds text that is not valid Unicode") from None
 
 
 def samples_sha256(audio: torch.Tensor) -> str:

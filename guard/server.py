@@ -214,6 +214,7 @@ class Service:
             max_file_bytes=self.config.max_upload_bytes,
             max_field_bytes=self.config.max_field_bytes,
             timeout_s=self.config.upload_timeout_s,
+            min_bytes_per_s=self.config.upload_min_bytes_per_s,
         )
 
     async def run(self, fn: Callable[[], T]) -> T:

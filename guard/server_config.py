@@ -60,6 +60,8 @@ class ServerConfig:
     max_duration_s: float = 600.0
     max_field_bytes: int = 65_536
     upload_timeout_s: float = 60.0
+    # After its first `upload_timeout_s`, an upload must average at least this (408 if not).
+    upload_min_bytes_per_s: float = 16_384.0
     # Requests admitted at once per worker: `inference_threads` running plus `queue_size`
     # waiting (uploads in progress count, so a busy server refuses before the body is sent).
     queue_size: int = 16
@@ -92,6 +94,7 @@ class ServerConfig:
             "limits.max_duration_s": self.max_duration_s,
             "limits.max_field_bytes": self.max_field_bytes,
             "limits.upload_timeout_s": self.upload_timeout_s,
+            "limits.upload_min_bytes_per_s": self.upload_min_bytes_per_s,
             "limits.retry_after_s": self.retry_after_s,
         }
         for name, value in positive.items():
@@ -229,6 +232,7 @@ _LIMIT_FIELDS = {
     "max_duration_s": float,
     "max_field_bytes": int,
     "upload_timeout_s": float,
+    "upload_min_bytes_per_s": float,
     "queue_size": int,
     "inference_threads": int,
     "torch_threads": int,

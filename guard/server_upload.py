@@ -221,12 +221,16 @@ async def receive_upload(
     max_file_bytes: int,
     max_field_bytes: int,
     timeout_s: float,
+    min_bytes_per_s: float,
 ) -> Upload:
     """Read a ``multipart/form-data`` body with one ``file`` part into ``folder``.
 
     Raises :class:`ApiError`: 415 when the body is not multipart, 413 as soon as the file or
     a field passes its limit (or the declared length already does), 408 when the client
-    stops sending for ``timeout_s``, 400 for malformed or unexpected parts.
+    stops sending for ``timeout_s`` or, past its first ``timeout_s``, averages less than
+    ``min_bytes_per_s`` (a byte every few seconds would otherwise hold a place in the queue
+    for as long as the client likes, and six such clients shut everyone else out), 400 for
+    malformed or unexpected parts.
     """
     content_type = request.headers.get("content-type", "")
     kind, params = parse_options_header(content_type)
@@ -263,8 +267,16 @@ async def receive_upload(
         parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
         received = 0
         more = True
+        clock = asyncio.get_running_loop().time
+        started = clock()
         while more:
-            message = await _receive(request, timeout_s)
+            left = started + timeout_s + received / min_bytes_per_s - clock()
+            wait = min(timeout_s, max(0.0, left))
+            if received == 0 or wait == timeout_s:
+                problem = f"no data arrived for {timeout_s:g} s"
+            else:
+                problem = f"the upload arrived slower than {min_bytes_per_s:,.0f} bytes per second"
+            message = await _receive(request, wait, problem)
             if message["type"] == "http.disconnect":
                 raise ApiError(400, "client_disconnected", "the client went away mid-upload")
             chunk = message.get("body", b"")
@@ -299,13 +311,11 @@ async def receive_upload(
     )
 
 
-async def _receive(request: Request, timeout_s: float):
+async def _receive(request: Request, wait_s: float, problem: str):
+    """The next message of the body; a 408 saying ``problem`` if none comes in ``wait_s``."""
     try:
-        return await asyncio.wait_for(request.receive(), timeout_s)
+        return await asyncio.wait_for(request.receive(), wait_s)
     except TimeoutError:
         raise ApiError(
-            408,
-            "upload_timeout",
-            f"no data arrived for {timeout_s:g} s; the upload was abandoned",
-            {"Connection": "close"},
+            408, "upload_timeout", f"{problem}; the upload was abandoned", {"Connection": "close"}
         ) from None

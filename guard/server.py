@@ -500,13 +500,13 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
                         raise ApiError(
                             422, "not_marked", f"{upload.filename}: not marked ({reason})"
                         )
-                    # An upload named .bin or .dat that decoded is written back in the
-                    # format it really has, and named for it; a known extension is kept.
-                    suffix = upload.path.suffix.lower()
-                    if suffix not in audio_io.AUDIO_EXTENSIONS:
-                        suffix = info.extension
+                    # Written back in the format the upload really has, and named for it,
+                    # whatever it was called: a WAV named .mp3 came back as lossy MP3.
                     written = audio_io.save(
-                        folder / f"marked{suffix}", result.audio, info.sample_rate, like=info
+                        folder / f"marked{info.extension}",
+                        result.audio,
+                        info.sample_rate,
+                        like=info,
                     )
                     # Open before the folder is removed; the data lives until the handle
                     # closes, so nothing is left behind even if the client goes away.

@@ -491,11 +491,11 @@ def test_embed_returns_marked_audio_in_the_upload_format(client, samples_dir):
     assert uploads_left(client) == []
 
 
-def test_embed_of_an_upload_named_without_a_known_extension_keeps_its_real_format(
-    client, samples_dir
-):
+@pytest.mark.parametrize("name", ["voice.bin", "voice.mp3", "voice.opus"])
+def test_embed_keeps_the_uploads_real_format_whatever_it_is_called(client, samples_dir, name):
+    # A FLAC named .mp3 or .opus came back lossy, in the format its name claimed.
     source = samples_dir / SPEECH
-    response = embed_speech(client, samples_dir, "voice.bin")
+    response = embed_speech(client, samples_dir, name)
     assert sf.info(io.BytesIO(response.content)).format == sf.info(source).format
     assert 'filename="voice.marked.flac"' in response.headers["content-disposition"]
     assert uploads_left(client) == []

@@ -84,6 +84,13 @@ def flac_claiming_hours() -> bytes:
     return bytes(data)
 
 
+def wide_silence_flac() -> bytes:
+    """4 s of silence at 192 kHz in 8 channels: a few KB that decode to 24 MB of float32."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((4 * 192_000, 8), np.int16), 192_000, format="FLAC")
+    return buffer.getvalue()
+
+
 def noise(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * 0.1).astype(
         np.float32
@@ -372,6 +379,7 @@ def test_scan_with_another_policy_and_bad_fields(client):
         ("chans.wav", wav_header(8000, 1000, 16, 16000) + bytes(16000), 422, "undecodable"),
         ("rate.wav", wav_header(2_000_000_000, 1, 16, 16000) + bytes(16000), 422, None),
         ("claim.flac", flac_claiming_hours(), 413, "too_long"),
+        ("wide.flac", wide_silence_flac(), 413, "too_long"),  # decoded in full before
         ("long.wav", wav_bytes(np.zeros(8000 * 61, np.float32), 8000), 413, "too_long"),
         ("empty.wav", b"", 422, "undecodable"),
     ],

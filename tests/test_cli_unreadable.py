@@ -51,10 +51,10 @@ def test_an_unreadable_file_or_folder_is_reported_and_the_others_still_run(tmp_p
         assert "error" not in lines[2]
 
 
-def test_an_unsearchable_output_folder_is_blamed_not_the_source(tmp_path, monkeypatch):
+def test_an_unsearchable_output_folder_is_blamed_not_the_source(tmp_path, monkeypatch, samples_dir):
     # Creating the temporary file fails, and so did removing it in `finally`: that second
     # error replaced the first, and the user read the source's name beside the temp file's.
-    source = write_tone(tmp_path / "source.wav", seconds=6.0)
+    source = samples_dir / "speech" / "warzone_tutorial_tut73.flac"
     key = tmp_path / "org.key"
     assert CliRunner().invoke(cli, ["watermark", "keygen", str(key)]).exit_code == 0
     closed = tmp_path / "closed"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from guard.audio import resample
+from guard.audio import resample, to_mono
 
 AUDIO_KEYS = ("audio", "array", "raw", "waveform")
 RATE_KEYS = ("sampling_rate", "sample_rate")
@@ -224,7 +224,8 @@ class PipelineGenerator:
 class PipelineTagger:
     """An ``audio-classification`` pipeline as ``(waveform, rate) -> labels``.
 
-    The pipeline gets the mono mix at the caller's rate and resamples it to its feature
+    The pipeline gets the mono mix (:func:`guard.audio.to_mono`: the loudest channel where the
+    channels cancel in antiphase) at the caller's rate and resamples it to its feature
     extractor's rate itself, as it does for any ``{"raw", "sampling_rate"}`` input.
     """
 
@@ -238,7 +239,7 @@ class PipelineTagger:
         self.name = _pipeline_model_name(pipe)
 
     def __call__(self, audio: torch.Tensor, sample_rate: int) -> list[Label]:
-        mono = audio.float().mean(dim=0).numpy()
+        mono = to_mono(audio.float())[0].numpy()
         params = {} if self.top_k is None else {"top_k": self.top_k}
         return as_labels(self.pipe({"raw": mono, "sampling_rate": sample_rate}, **params))
 
@@ -266,7 +267,7 @@ class TransformersAudioLLM:
 
     def __call__(self, audio: torch.Tensor, sample_rate: int, question: str) -> str:
         rate = int(self.processor.feature_extractor.sampling_rate)
-        mono = resample(audio.float().mean(dim=0), sample_rate, rate).numpy()
+        mono = resample(to_mono(audio.float())[0], sample_rate, rate).numpy()
         conversation: list[dict[str, Any]] = []
         if self.system_prompt is not None:
             conversation.append({"role": "system", "content": self.system_prompt})

@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 
 from guard.native_messages import decoder_messages
+from watermark.channels import mix_down
 from watermark.resampling import resample as blocked_resample
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
@@ -288,8 +289,10 @@ def resample(audio: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
 
 
 def to_mono(audio: torch.Tensor) -> torch.Tensor:
-    """Average the channels into `(1, samples)`."""
-    return audio.mean(dim=0, keepdim=True)
+    """The channels mixed into `(1, samples)`: their mean, or the loudest channel alone where
+    the mean cancels (channels in antiphase), as every watermark check reads them (see
+    :mod:`watermark.channels`); ordinary stereo is averaged as before, bit for bit."""
+    return mix_down(audio).unsqueeze(0)
 
 
 def iter_audio_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:

@@ -316,3 +316,54 @@ def test_guarded_transformers_llm_discloses_a_watermarked_voice(tmp_path, tiny_a
     assert reply.answered and reply.disclosed
     opening = DISCLOSURE.format(message=reply.verdict.message, rules="known-ai-watermark")
     assert reply.text.startswith(opening + "\n\n") and len(reply.text) > len(opening) + 2
+
+
+def _antiphase_and_ordinary(rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.arange(rate) / rate
+    voice = 0.5 * torch.sin(2 * torch.pi * 220 * t)
+    other = 0.2 * torch.sin(2 * torch.pi * 330 * t)
+    return torch.stack([voice, -voice]), torch.stack([voice, other])
+
+
+def test_tagger_and_audio_llm_hear_antiphase_stereo_through_its_loudest_channel():
+    # A plain mean of [x, -x] is silence: the tagger and the LLM heard nothing.
+    from types import SimpleNamespace
+
+    rate = 16000
+    antiphase, ordinary = _antiphase_and_ordinary(rate)
+    heard: list[np.ndarray] = []
+
+    class Pipe:
+        task = "audio-classification"
+        model = SimpleNamespace(config=SimpleNamespace(name_or_path="fake-tagger"))
+
+        def __call__(self, inputs, **params):
+            heard.append(inputs["raw"])
+            return [{"label": "speech", "score": 0.9}]
+
+    class Processor:
+        feature_extractor = SimpleNamespace(sampling_rate=rate)
+
+        def apply_chat_template(self, conversation, **kwargs):
+            heard.append(conversation[-1]["content"][0]["audio"])
+            return "prompt"
+
+        def __call__(self, text, audio, sampling_rate, return_tensors):
+            return {"input_ids": torch.zeros(1, 3, dtype=torch.long)}
+
+        def batch_decode(self, tokens, skip_special_tokens):
+            return ["ok"]
+
+    model = SimpleNamespace(
+        config=SimpleNamespace(name_or_path="fake-llm"),
+        generate=lambda **inputs: torch.zeros(1, 5, dtype=torch.long),
+    )
+    tagger, llm = PipelineTagger(Pipe()), TransformersAudioLLM(model, Processor())
+    for clip in (antiphase, ordinary):
+        tagger(clip, rate)
+        llm(clip, rate, "What is this?")
+
+    for got in heard[:2]:
+        np.testing.assert_allclose(got, antiphase[0].numpy(), atol=1e-6)
+    for got in heard[2:]:  # ordinary stereo: the mean, bit for bit as before
+        assert np.array_equal(got, ordinary.float().mean(dim=0).numpy())

@@ -376,8 +376,10 @@ def test_resample_changes_length_and_keeps_the_tone():
 
 
 def test_to_mono_averages_channels():
-    stereo = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.5, 1.0]])
-    torch.testing.assert_close(audio.to_mono(stereo), torch.tensor([[0.5, 0.25, 0.0]]))
+    # (The channels used here were anti-correlated enough to count as cancelling; see the
+    # antiphase test below.)
+    stereo = torch.tensor([[1.0, 0.0, -1.0], [1.0, 0.5, 0.0]])
+    torch.testing.assert_close(audio.to_mono(stereo), torch.tensor([[1.0, 0.25, -0.5]]))
 
 
 def test_iter_audio_paths_walks_folders_in_order_and_keeps_explicit_paths(tmp_path):
@@ -425,3 +427,12 @@ def test_sha256_file_matches_hashlib(tmp_path):
 def test_the_extension_names_the_format_the_file_really_has(fmt, subtype, extension):
     info = AudioInfo("upload.bin", 16000, 1, 16000, fmt, subtype)
     assert info.extension == extension
+
+
+def test_to_mono_reads_the_loudest_channel_when_the_channels_cancel():
+    # The mean of a channel and its polarity-flipped copy is digital silence.
+    x = torch.sin(torch.arange(1000) / 7.0)
+    antiphase = torch.stack([0.9 * x, -x])
+    torch.testing.assert_close(audio.to_mono(antiphase), -x[None])
+    stereo = torch.stack([x, torch.cos(torch.arange(1000) / 3.0)])
+    assert torch.equal(audio.to_mono(stereo), stereo.mean(dim=0, keepdim=True))  # unchanged

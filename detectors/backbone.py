@@ -126,6 +126,12 @@ def load_backbone(spec: str | Path | None = None) -> Backbone:
         return load_compact(path / "compact_ast")
     if path.suffix == ".safetensors" or path.with_suffix(".safetensors").exists():
         return load_compact(path.with_suffix(""))
+    if _looks_like_a_path(str(spec)) and not path.expanduser().exists():
+        raise DetectorError(
+            f"{spec}: no such folder; pass a local directory holding config.json and "
+            "model.safetensors, or the id of a Hugging Face checkpoint (such as "
+            "MIT/ast-finetuned-audioset-10-10-0.4593) already in the local cache"
+        )
     try:
         model = ASTModel.from_pretrained(str(spec), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
@@ -135,6 +141,17 @@ def load_backbone(spec: str | Path | None = None) -> Backbone:
             f"config.json and model.safetensors): {exc}"
         ) from exc
     return Backbone(model=model, name=str(spec))
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    """A Hugging Face id is ``name`` or ``namespace/name``; anything absolute, relative to
+    ``.`` or ``~``, or with more than one separator can only be meant as a folder."""
+    return (
+        Path(spec).is_absolute()
+        or spec.startswith(("~", "./", "../", ".\\", "..\\"))
+        or spec.count("/") > 1
+        or "\\" in spec
+    )
 
 
 def load_compact(stem: Path) -> Backbone:

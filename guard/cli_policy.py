@@ -106,6 +106,11 @@ def _summary(file: str, loaded: Policy) -> dict[str, Any]:
 
 def _load_facts(arg: str) -> dict[str, Any]:
     """``--facts`` as a JSON object given inline, as ``@FILE``, or as a file path."""
+    if not arg.removeprefix("@").strip():  # "" would be read as the folder "."
+        raise click.BadParameter(
+            "the facts argument is empty; give a JSON object, @FILE or a path",
+            param_hint="--facts",
+        )
     if not _is_inline_json(arg):
         source = arg.removeprefix("@")
         try:

@@ -14,6 +14,13 @@ Exit status, so a pipeline can gate on it:
 - 2: the command line itself is wrong (click's usage errors);
 - 3: some file's decision was at or above ``--fail-on`` (e.g. ``--fail-on review`` fails on
   review and block).
+
+A file on which one watermark check could not run (the keyed mark needs 8 kHz, AudioSeal a
+second of audio) was still screened: the policy decided on what could be checked, and that
+finding carries an ``error`` the policy can read (``watermarks.exists(w, has(w.error))``), so
+whether an unchecked mark matters is the policy's call, and ``--fail-on`` gates on it. Such a
+file does not change the exit status by itself; its line names the check and the reason, and
+the tally counts it.
 """
 
 from __future__ import annotations
@@ -267,28 +274,49 @@ def report_summary(
     )
 
 
+def _mark_name(finding: dict[str, Any]) -> str:
+    """``keyed:KEY_ID`` for a keyed mark, the backend's name for a public one."""
+    key_id = finding.get("key_id")
+    return f"{finding['backend']}:{key_id}" if key_id else finding["backend"]
+
+
+def unchecked(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The watermark checks that could not run on this file (each finding says why)."""
+    return [w for w in result.get("watermarks", ()) if w.get("error")]
+
+
 def human_line(result: dict[str, Any]) -> str:
-    """One line a person reads: decision, rule and message, detector score, marks found."""
+    """One line a person reads: decision, rule and message, detector score, marks found, and
+    every watermark check that could not run and why.
+
+    A check that could not run (a keyed mark at a rate below 8 kHz, a clip too short for a
+    public mark) is named, so "no marks" is never said of a check that was not done.
+    """
     decision = result["decision"].upper()
     rules = f" [{', '.join(result['matched_rules'])}]" if result["matched_rules"] else ""
     message = f" {result['message']}" if result.get("message") else ""
     p = result["synthetic_probability"]
     score = f"synthetic {p:.2f}" if p is not None else "synthetic n/a"
     marks = [
-        (f"{w['backend']}:{w['key_id']}" if w.get("key_id") else w["backend"])
-        + (f" payload {w['payload']}" if w.get("payload") else "")
+        _mark_name(w) + (f" payload {w['payload']}" if w.get("payload") else "")
         for w in result["watermarks"]
         if w.get("detected")
     ]
-    found = f"marks: {', '.join(marks)}" if marks else "no marks"
-    return f"{result['path']}: {decision}{rules}{message}; {score}; {found}"
+    missed = [f"{_mark_name(w)} not checked ({w['error']})" for w in unchecked(result)]
+    if marks:
+        found = f"marks: {', '.join(marks)}"
+    else:
+        found = "no marks in the checks that ran" if missed else "no marks"
+    return "; ".join([f"{result['path']}: {decision}{rules}{message}", score, found, *missed])
 
 
 def tally_line(results: Sequence[dict[str, Any]]) -> str:
     counts = Counter(r.get("decision", "error") for r in results)
     parts = [f"{counts[a]} {a}" for a in ACTIONS]
     failed = f"; {counts['error']} could not be screened" if counts["error"] else ""
-    return f"{len(results)} file(s): {', '.join(parts)}{failed}"
+    partly = sum(1 for r in results if "error" not in r and unchecked(r))
+    partial = f"; {partly} with a watermark check that could not run" if partly else ""
+    return f"{len(results)} file(s): {', '.join(parts)}{failed}{partial}"
 
 
 @click.command()

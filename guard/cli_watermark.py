@@ -66,8 +66,8 @@ weights_option = click.option(
 @weights_option
 @click.option(
     "--payload",
-    help="Hex payload: required by keyed (up to 32 bits) and audioseal (16 bits); "
-    "perth carries none.",
+    help="Hex payload, required by keyed (1 to 8 hex digits, 32 bits) and audioseal (1 to 4, "
+    "16 bits); a shorter one is left-padded with zeros (12 is 0012). perth carries none.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.pass_context
@@ -88,7 +88,13 @@ def embed(
     """
     if Path(source).resolve() == Path(target).resolve():
         raise click.UsageError("TARGET must differ from SOURCE; the original is never overwritten")
-    mark = _backend(backend, key_file, weights)  # a bad key is a setup error, not the file's
+    try:
+        mark = _backend(backend, key_file, weights)  # a bad key is a setup error, not the file's
+    except (WatermarkError, OSError, ValueError) as exc:
+        if not as_json or (ctx.obj or {}).get("debug"):
+            raise  # one sentence on stderr (guard.cli.main), or the traceback with --debug
+        emit_error(source, exc, as_json)  # --json promises one JSON object for the input
+        sys.exit(1)
     try:
         report = _embed_file(mark, backend, source, target, payload)
     except (audio_io.AudioError, WatermarkError, OSError, ValueError) as exc:
@@ -128,7 +134,8 @@ def _embed_file(
         "path": target,
         "source": source,
         "backend": backend,
-        "marked_seconds": round(marked_seconds, 2),
+        # The mark is tallied in whole frames, and the last may reach past the end.
+        "marked_seconds": round(min(marked_seconds, info.duration), 2),
         "duration": round(info.duration, 2),
         "sample_rate": info.sample_rate,
         "snr_db": round(snr, 2),

@@ -253,3 +253,24 @@ def test_p_value_is_never_zero_and_falls_with_the_score(backend):
     assert window_p_value(calibration["null_sorted"][0], calibration) > 0.5
     assert 0 < window_p_value(top + 50, calibration) < window_p_value(top, calibration)
     assert window_p_value(top + 1e6, calibration) > 0
+
+
+def test_a_missing_payload_is_refused_and_a_short_one_left_padded(backend, speech):
+    # The help said the payload was required; leaving it out silently embedded 0000.
+    from watermark.backends.audioseal_backend import parse_payload
+
+    audio, rate = speech
+    with pytest.raises(WatermarkError, match="needs a payload"):
+        backend.embed(audio, rate, None)
+    assert parse_payload("12").tolist() == parse_payload("0012").tolist()
+    assert parse_payload("0x7").tolist() == parse_payload("0007").tolist()
+    for bad in ("", "12345", "xyz", "0x"):
+        with pytest.raises(WatermarkError, match="1 to 4 hex digits"):
+            parse_payload(bad)
+
+
+def test_missing_official_weights_name_the_spelling_of_the_command_line(tmp_path):
+    with pytest.raises(WatermarkError) as raised:
+        AudioSealBackend(weights=tmp_path)
+    message = str(raised.value)
+    assert "--weights small" in message and "weights='small'" in message

@@ -331,3 +331,11 @@ def test_subcommands_and_typos_still_win_over_the_report(audit_group):
     assert CliRunner().invoke(group, ["verify", "log.jsonl"]).output == "verify log.jsonl\n"
     typo = CliRunner().invoke(group, ["verfy", "log.jsonl"])
     assert typo.exit_code == 2 and "Did you mean 'verify'" in typo.output
+
+
+@pytest.mark.parametrize("facts", ["", "   ", "@"])
+def test_explain_says_an_empty_facts_argument_is_empty(run, facts):
+    out = run("policy", "explain", "upload-screening", "--facts", facts)
+    assert out.exit_code == 2
+    assert "the facts argument is empty" in out.stderr
+    assert "Is a directory" not in out.stderr

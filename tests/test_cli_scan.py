@@ -6,10 +6,13 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 
 from guard.cli import cli
+from guard.cli_scan import human_line
 from policies import head_hash, verify_log
 
 # The public backends cost seconds per run; one test below runs them as the CLI does by default.
@@ -275,3 +278,47 @@ def test_a_file_name_cannot_forge_a_result_line(tmp_path, uploads):
         line["path"] for line in json_lines(invoke("scan", folder, *FAST, "--json").stdout)
     ]
     assert str(folder / forged) in json_paths  # JSON keeps the real name
+
+
+def test_a_keyed_check_that_could_not_run_is_said_not_no_marks(tmp_path, uploads):
+    # A 6 kHz upload cannot be checked for the keyed mark (it needs 8 kHz); the line said
+    # "no marks" as if it had been checked and found clean.
+    low = tmp_path / "low.wav"
+    t = np.arange(6000 * 3) / 6000
+    sf.write(low, 0.3 * np.sin(2 * np.pi * 220 * t), 6000)
+    args = [low, "--key", uploads["key"], "--no-detector", *FAST]
+
+    text = invoke("scan", *args)
+    as_json = invoke("scan", *args, "--json")
+
+    (line,) = text.stdout.splitlines()
+    assert "keyed:org not checked (" in line and "at least 8000 Hz, got 6000 Hz" in line
+    assert "no marks;" not in line and not line.endswith("no marks")
+    assert "1 with a watermark check that could not run" in text.stderr
+    # The file was screened (the policy decided on what could be checked): the exit status
+    # and the JSON line keep their meaning; the finding carries the reason.
+    assert text.exit_code == as_json.exit_code == 0
+    (scanned,) = json_lines(as_json.stdout)
+    assert scanned["decision"] == "allow"
+    (keyed,) = scanned["watermarks"]
+    assert keyed["key_id"] == "org" and not keyed["detected"] and "6000 Hz" in keyed["error"]
+
+
+def test_human_line_names_every_check_that_did_not_run_beside_the_marks_found():
+    result = {
+        "path": "a.wav",
+        "decision": "label",
+        "matched_rules": ["known-ai-watermark"],
+        "message": "AI",
+        "synthetic_probability": None,
+        "watermarks": [
+            {"backend": "keyed", "key_id": "k1", "detected": True, "payload": "deadbeef"},
+            {"backend": "audioseal", "detected": False, "error": "needs at least 1 s"},
+        ],
+    }
+    line = human_line(result)
+    assert line.endswith(
+        "marks: keyed:k1 payload deadbeef; audioseal not checked (needs at least 1 s)"
+    )
+    clean = {**result, "watermarks": [{"backend": "perth", "detected": False, "p_value": 0.5}]}
+    assert human_line(clean).endswith("; no marks")

@@ -224,3 +224,76 @@ def test_keyed_needs_a_key(run, samples_dir):
     )
     assert result.exit_code != 0
     assert "--key KEYFILE" in str(result.exception)
+
+
+def _speechy(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
+    """A loud voice-like tone (as the reviewer's clips): a gliding 150 Hz buzz, 3 Hz bursts."""
+    t = np.arange(int(rate * seconds)) / rate
+    envelope = (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+    glide = 150 + 50 * np.sin(2 * np.pi * 0.5 * t)
+    noise = 0.02 * np.random.default_rng(0).standard_normal(len(t))
+    x = (0.3 * envelope * np.sin(2 * np.pi * glide * t) + noise).astype(np.float32)
+    return np.stack([x] * channels, 1) if channels > 1 else x
+
+
+def test_a_key_option_naming_audio_says_it_is_not_a_key(tmp_path):
+    # The file can be read; it is not a key. It was called "cannot read key file".
+    source = tmp_path / "in.wav"
+    sf.write(source, _speechy(8000, 3), 8000)
+    args = ["watermark", "embed", str(source), str(tmp_path / "o.wav"), "--payload", "1"]
+    result = CliRunner().invoke(cli, [*args, "--key", str(source)])
+    assert result.exit_code != 0
+    assert "not an audioguard key" in str(result.exception)
+    assert "cannot read" not in str(result.exception)
+
+
+def test_a_missing_key_under_json_is_one_json_line_for_the_input(tmp_path):
+    source = tmp_path / "in.wav"
+    sf.write(source, _speechy(8000, 3), 8000)
+    missing = tmp_path / "nokey"
+    args = [str(source), str(tmp_path / "o.wav"), "--key", str(missing), "--payload", "1"]
+    result = CliRunner().invoke(cli, ["watermark", "embed", *args, "--json"])
+    assert result.exit_code == 1
+    line = json.loads(result.stdout)
+    assert line == {"path": str(source), "error": f"{missing}: key file not found"}
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_keyed_embed_into_a_loud_clip_too_short_says_so_and_the_minimum(tmp_path, run, key):
+    # 2 s of loud audio: all of it could carry the mark, but the mark's pattern lasts 2.048 s.
+    # It was blamed on "too little or too quiet".
+    source = tmp_path / "short.wav"
+    sf.write(source, _speechy(16000, 2.0, channels=2), 16000)
+    args = [str(source), str(tmp_path / "o.wav"), "--key", str(key), "--payload", "1", "--json"]
+    result = CliRunner().invoke(cli, ["watermark", "embed", *args])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error.startswith(f"{source}: ")
+    assert "too short" in error and "at least 2.048 s" in error and "2 s long" in error
+    assert "too quiet" not in error
+    just_enough = tmp_path / "enough.wav"
+    sf.write(just_enough, _speechy(16000, 2.05, channels=2), 16000)
+    assert embed_json(run, just_enough, tmp_path / "e.wav", key, "1")["verification"]["detected"]
+
+
+def test_marked_seconds_never_exceed_the_duration(tmp_path, run, key):
+    source = tmp_path / "three.wav"
+    sf.write(source, _speechy(8000, 3.0), 8000)
+    report = embed_json(run, source, tmp_path / "marked.wav", key, "1")
+    assert report["duration"] == 3.0
+    assert 2.5 < report["marked_seconds"] <= report["duration"]  # was 3.01
+
+
+def test_keygen_refuses_an_empty_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["watermark", "keygen", ""])
+    assert result.exit_code != 0
+    assert "the key file name is empty" in str(result.exception)
+    assert "already exists" not in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_embed_help_states_one_payload_rule_for_both_backends(run):
+    text = " ".join(run("watermark", "embed", "--help").output.split())
+    assert "required by keyed (1 to 8 hex digits" in text and "audioseal (1 to 4," in text
+    assert "left-padded with zeros" in text

@@ -399,3 +399,12 @@ def test_the_speech_gate_runs_silero_step_by_step_arithmetic():
         slow = gate.final_conv(torch.cat(steps).relu()[..., None]).sigmoid().flatten()
     assert fast.shape == slow.shape and fast.numel() > 100
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["/nonexistent", "./weights/not-here", "~/no/such/ast"])
+def test_a_missing_checkpoint_folder_is_called_missing_not_a_download(spec):
+    with pytest.raises(DetectorError) as raised:
+        load_backbone(spec)
+    message = str(raised.value)
+    assert f"{spec}: no such folder" in message
+    assert "huggingface-cli" not in message and "Repo id" not in message

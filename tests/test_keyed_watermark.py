@@ -30,7 +30,7 @@ from watermark.keyed_dsp import (
     plan_mark,
     stft,
 )
-from watermark.types import WatermarkError, snr_db
+from watermark.types import Detection, WatermarkError, snr_db
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -292,10 +292,15 @@ def test_mix_keeps_the_payload(backend):
     assert backend.detect(mixed, mixed_rate).payload == "deadbeef"
 
 
-def test_embed_fails_loudly_when_the_mark_cannot_be_read_back(backend):
+def test_embed_fails_loudly_when_the_mark_cannot_be_read_back(backend, monkeypatch):
     rate = 16000
-    noise = torch.from_numpy(np.random.default_rng(3).standard_normal((1, 2 * rate))).float()
-    with pytest.raises(WatermarkError, match="did not read back"):
+    noise = torch.from_numpy(np.random.default_rng(3).standard_normal((1, 3 * rate))).float()
+    # 2 s of this noise used to stand in for "cannot be read back"; it fails because 2 s is
+    # shorter than one period of the pattern, which is now said (see the test below).
+    monkeypatch.setattr(
+        KeyedBackend, "detect", lambda self, audio, rate: Detection("keyed", False, 0.5)
+    )
+    with pytest.raises(WatermarkError, match="did not read back.*too little or too quiet"):
         backend.embed(0.1 * noise, rate, "01234567")
 
 
@@ -400,3 +405,29 @@ def test_the_default_list_reads_payloads_a_shorter_one_loses(
         short += coding.decode(soft, list_size=shorter) == payload
         default += coding.decode(soft) == payload
     assert default >= short + gain
+
+
+def test_a_binary_file_is_not_a_key_rather_than_unreadable(tmp_path):
+    from watermark.keys import read_key
+
+    audio_file = tmp_path / "clip.wav"
+    audio_file.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\xff\xfe")
+    with pytest.raises(WatermarkError, match="not an audioguard key") as raised:
+        read_key(audio_file)
+    assert str(raised.value).startswith(f"{audio_file}: ")
+    huge = tmp_path / "huge.key"
+    huge.write_text("# comment\n" + "ab" * 100_000 + "\n")
+    with pytest.raises(WatermarkError, match="not an audioguard key"):
+        read_key(huge)
+
+
+def test_a_clip_shorter_than_one_period_is_too_short_not_too_quiet(backend):
+    rate = 16000
+    t = torch.arange(2 * rate) / rate
+    loud = (0.3 * torch.sin(2 * math.pi * 220 * t) * (1 + torch.sin(2 * math.pi * 3 * t)))[None]
+    with pytest.raises(WatermarkError) as raised:
+        backend.embed(loud, rate, "deadbeef")
+    message = str(raised.value)
+    assert "2 s long, too short" in message and "at least 2.048 s" in message
+    assert "too quiet" not in message
+    assert backend.params.period_seconds == 2.048  # the minimum quoted is one period

@@ -143,6 +143,7 @@ class KeyedBackend:
         self._codeword(payload)  # the same sentence as embed for a missing or bad payload
         expected = coding.bits_to_payload(coding.payload_to_bits(str(payload)))
         if not verification.detected or verification.payload != expected:
+            self._check_length(marked, sample_rate)
             raise WatermarkError(
                 f"the mark did not read back after embedding (p-value {verification.p_value:.2g}, "
                 + (f"payload {verification.payload}" if verification.payload else "no payload")
@@ -150,6 +151,18 @@ class KeyedBackend:
                 "or too quiet"
             )
         return verification
+
+    def _check_length(self, audio: torch.Tensor, sample_rate: int) -> None:
+        """Say so when ``audio`` is shorter than one period of the pattern: detection reads
+        whole periods (see :meth:`_detect_chunk`), so no strength makes a shorter clip carry
+        the mark, however loud it is."""
+        seconds = math.floor(audio.shape[-1] / sample_rate * 1000) / 1000  # never rounded up
+        minimum = self.params.period_seconds  # cells × frames per cell × hop / rate: 2.048 s
+        if seconds < minimum:
+            raise WatermarkError(
+                f"the audio is {seconds:g} s long, too short to carry the keyed mark: "
+                f"it needs at least {minimum:g} s (one period of the mark's pattern)"
+            )
 
     def _check_rate(self, sample_rate: int) -> None:
         if sample_rate < MIN_RATE:

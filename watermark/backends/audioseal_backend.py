@@ -264,7 +264,8 @@ def _missing_official(folder: Path) -> WatermarkError:
     return WatermarkError(
         f"AudioSeal's official weights are not in {folder}: download {names} from the Hugging "
         f"Face repository {HF_REPO} (https://huggingface.co/{HF_REPO}) and put both files in "
-        f"{folder}, or pass weights='small' for the small pair audioguard ships"
+        f"{folder}, or use the small pair audioguard ships (--weights small on the command "
+        "line, weights='small' in Python)"
     )
 
 
@@ -404,10 +405,18 @@ def window_p_value(score: float, calibration: dict[str, Any]) -> float:
 
 
 def parse_payload(payload: str | None) -> torch.Tensor:
-    """16 bits, most significant first, from four hex digits; no payload embeds 0000."""
-    text = "0000" if payload is None else payload.lower().removeprefix("0x")
-    if len(text) != NBITS // 4 or any(c not in "0123456789abcdef" for c in text):
-        raise WatermarkError(f"the AudioSeal payload is 16 bits: four hex digits, not {payload!r}")
+    """16 bits, most significant first, from 1 to 4 hex digits (a shorter payload is
+    left-padded with zeros, as the keyed mark's is); a payload is required, as for keyed."""
+    digits = NBITS // 4
+    if payload is None:
+        raise WatermarkError(
+            f"the AudioSeal watermark needs a payload: 1 to {digits} hex digits (--payload HEX)"
+        )
+    text = payload.lower().removeprefix("0x")
+    if not 0 < len(text) <= digits or any(c not in "0123456789abcdef" for c in text):
+        raise WatermarkError(
+            f"the AudioSeal payload is {NBITS} bits: 1 to {digits} hex digits, not {payload!r}"
+        )
     value = int(text, 16)
     return torch.tensor([(value >> (NBITS - 1 - i)) & 1 for i in range(NBITS)])
 

@@ -92,9 +92,10 @@ class Service:
         self.metrics = Metrics()
         self.auth = Authenticator(config.api_keys, allow_anonymous=config.insecure_no_auth)
         self.limiter = RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst)
-        self.gate = AdmissionGate(
-            config.threads + config.queue_size, on_change=self.metrics.queue_depth.set
-        )
+        places = config.threads + config.queue_size
+        # With several API keys, none may hold more than half the places (see AdmissionGate).
+        share = -(-places // 2) if len(config.api_keys) > 1 else None
+        self.gate = AdmissionGate(places, on_change=self.metrics.queue_depth.set, per_holder=share)
         self.metrics.queue_capacity.set(self.gate.capacity)
         self.key_ids = sorted(config.keys)
         self.guards: dict[str, Guard] = {}
@@ -200,8 +201,13 @@ class Service:
     def admit(self, principal: Principal, scope: str) -> None:
         """:meth:`authorize`, then a place in the queue (503); the caller must ``leave``."""
         self.authorize(principal, scope)
-        if not self.gate.try_enter():
-            raise ApiError(503, "busy", "the service is at capacity; retry shortly", self._retry())
+        if not self.gate.try_enter(principal.id):
+            raise ApiError(
+                503,
+                "busy",
+                f"the service is at capacity for API key {principal.id!r}; retry shortly",
+                self._retry(),
+            )
 
     def uploads_dir(self) -> AbstractContextManager[Path]:
         """A private temporary folder for one request, removed when it ends."""
@@ -409,7 +415,7 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
                 upload = await service.upload(request, folder, fields)
                 return await service.run(lambda: work(upload))
         finally:
-            service.gate.leave()
+            service.gate.leave(who.id)
 
     @app.post(
         "/v1/scan",
@@ -529,7 +535,7 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
                 result, handle, written = await service.run(work)
                 size = os.fstat(handle.fileno()).st_size
         finally:
-            service.gate.leave()
+            service.gate.leave(who.id)
         detection = result.detection or {}
         headers = {
             "Content-Length": str(size),

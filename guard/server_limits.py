@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,25 +62,36 @@ class AdmissionGate:
 
     A request enters before its upload is read and leaves when its answer is ready, so a busy
     worker refuses at once, before the client spends time sending the file (and with
-    ``Expect: 100-continue`` before the body is sent at all).
+    ``Expect: 100-continue`` before the body is sent at all). One holder (an API key) may
+    hold at most ``per_holder`` places: uploads hold theirs while they arrive, and a key
+    that sent several slowly would otherwise shut every other key out.
     """
 
-    def __init__(self, capacity: int, on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        on_change: Callable[[int], None] | None = None,
+        per_holder: int | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
+        self.per_holder = capacity if per_holder is None else max(1, min(per_holder, capacity))
         self.depth = 0
+        self._held: Counter[str] = Counter()
         self._on_change = on_change
 
-    def try_enter(self) -> bool:
-        if self.depth >= self.capacity:
+    def try_enter(self, holder: str = "") -> bool:
+        if self.depth >= self.capacity or self._held[holder] >= self.per_holder:
             return False
         self.depth += 1
+        self._held[holder] += 1
         self._changed()
         return True
 
-    def leave(self) -> None:
+    def leave(self, holder: str = "") -> None:
         self.depth -= 1
+        self._held[holder] -= 1
         self._changed()
 
     def _changed(self) -> None:

@@ -265,6 +265,28 @@ def test_admission_gate_counts_and_refuses_at_capacity():
     assert depths == [1, 2, 1, 2]
 
 
+def test_one_key_holds_at_most_its_share_of_the_places():
+    # Six slow uploads from one key held every place and every other key got 503.
+    gate = AdmissionGate(6, per_holder=3)
+    assert all(gate.try_enter("greedy") for _ in range(3))
+    assert not gate.try_enter("greedy")
+    assert gate.try_enter("other") and gate.try_enter("third")
+    gate.leave("greedy")
+    assert gate.try_enter("greedy")
+    assert gate.try_enter("fourth") and gate.depth == 6
+    assert not gate.try_enter("fifth")
+
+
+def test_the_service_gives_one_key_half_the_places_when_it_has_several(service_dir):
+    several = create_app(make_config(service_dir, queue_size=4, inference_threads=2))
+    with TestClient(several):
+        assert several.state.service.gate.per_holder == 3
+    single = make_config(service_dir, queue_size=4, inference_threads=2, api_keys=api_keys()[:1])
+    alone = create_app(single)
+    with TestClient(alone):
+        assert alone.state.service.gate.per_holder == 6
+
+
 # -- the app in process ------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ FRAME_LENGTH_MS = 25.0
 FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
 HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
 FBANK_BLOCK_FRAMES = 60_000  # ten minutes
-CANCELLED_SHARE = 0.25  # channels cancel when their mean keeps less of their average power
+CANCELLED_SHARE = 0.5  # of the power unrelated channels keep in their mean (1/C of theirs)
 
 
 def to_model_input(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -34,17 +34,17 @@ def mix_down(audio: torch.Tensor) -> torch.Tensor:
 
     A plain mean hides everything in stereo whose channels are in antiphase: the mean of
     ``[x, -x]`` is digital silence, so speech with one channel's polarity flipped (an edit
-    that sounds the same on headphones) was "no speech to judge". The mean keeps about half
-    the power of unrelated channels and all of identical ones, so ordinary stereo, a silent
-    channel and mono are mixed exactly as before. ``watermark.channels`` applies the same
-    rule (components do not import each other).
+    that sounds the same on headphones) was "no speech to judge". The mean of ``C`` unrelated
+    channels keeps ``1/C`` of their power and of identical ones all of it, so ordinary
+    stereo, 5.1, a silent channel and mono are mixed exactly as before.
+    ``watermark.channels`` applies the same rule (components do not import each other).
     """
     mean = audio.mean(0)
     if audio.shape[0] < 2:
         return mean
     channel_power = torch.linalg.vector_norm(audio, dim=-1).double().square()
     mean_power = torch.linalg.vector_norm(mean).double().square()
-    if bool(mean_power < CANCELLED_SHARE * channel_power.mean()):
+    if bool(mean_power < CANCELLED_SHARE * channel_power.mean() / audio.shape[0]):
         return audio[int(channel_power.argmax())]
     return mean
 

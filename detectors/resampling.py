@@ -10,6 +10,7 @@ share no code (see DESIGN.md).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ MAX_BANK = 1_000_000
 the reduced ratio ``orig:new``. Common rate pairs need a few hundred thousand taps at most
 (11,025 Hz to 16 kHz: 282,240); an odd rate such as 44,099 Hz to 16 kHz would need 700
 million, gigabytes for a 3-second file. Above this many, scipy's polyphase resampler runs
-instead: one filter, applied without building the bank."""
+instead: the same filter (width, roll-off, window), applied without building the bank."""
 
 
 def resample(
@@ -58,14 +59,34 @@ def resample(
 
 
 def one_pass(x: torch.Tensor, src: int, dst: int, **filter_args) -> torch.Tensor:
-    """torchaudio's resampling, or scipy's polyphase one where torchaudio's filter bank would
-    exceed ``MAX_BANK`` taps (Kaiser window; its ``beta`` when given, else scipy's 5.0)."""
+    """torchaudio's resampling, or scipy's polyphase one with torchaudio's filter (the same
+    width, roll-off and window) where torchaudio's filter bank would pass ``MAX_BANK`` taps."""
     g = math.gcd(src, dst)
     orig, new = src // g, dst // g
     if orig * new <= MAX_BANK:
         return AF.resample(x, src, dst, **filter_args)
-    window = ("kaiser", filter_args.get("beta", 5.0))
-    y = scipy.signal.resample_poly(x.detach().cpu().numpy(), new, orig, axis=-1, window=window)
+    taps = polyphase_filter(orig, new, **filter_args)
+    y = scipy.signal.resample_poly(x.detach().cpu().numpy(), new, orig, axis=-1, window=taps)
     total = math.ceil(new * x.shape[-1] / orig)  # torchaudio's length
     out = torch.from_numpy(np.ascontiguousarray(y[..., :total])).to(x.dtype)
     return torch.nn.functional.pad(out, (0, total - out.shape[-1]))
+
+
+@functools.lru_cache(maxsize=8)
+def polyphase_filter(
+    orig: int,
+    new: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+    resampling_method: str = "sinc_interp_hann",
+    beta: float | None = None,
+) -> np.ndarray:
+    """torchaudio's low-pass as taps at ``new`` times the input rate, for ``resample_poly``:
+    ``lowpass_filter_width`` zero crossings each side at ``rolloff`` of the lower Nyquist."""
+    step = max(orig, new)
+    if resampling_method == "sinc_interp_kaiser":
+        window: str | tuple = ("kaiser", 14.769656459379492 if beta is None else beta)
+    else:
+        window = "hann"
+    # resample_poly scales the taps by ``new`` itself, as it does its own filter's
+    return scipy.signal.firwin(2 * lowpass_filter_width * step + 1, rolloff / step, window=window)

@@ -79,6 +79,20 @@ def test_ordinary_stereo_and_mono_mix_exactly_as_before():
     assert torch.equal(to_model_input(music, music_rate), expected)
 
 
+@pytest.mark.parametrize("channels", [3, 4, 6, 8])
+def test_many_unrelated_channels_are_averaged_and_a_cancelling_pair_is_not(channels):
+    # The mean of C unrelated channels keeps 1/C of their power: measured against the
+    # channels' own power, every 5.1 mix counted as cancelling and lost its centre dialogue.
+    from detectors.frontend import mix_down as detector_mix_down
+    from watermark.channels import mix_down
+
+    unrelated = torch.randn(channels, 48_000, generator=torch.Generator().manual_seed(channels))
+    cancelling = torch.cat([unrelated[:1], -unrelated[:1], 0.01 * unrelated[2:]])
+    for mix in (mix_down, detector_mix_down):
+        assert torch.equal(mix(unrelated), unrelated.mean(0))
+        assert torch.equal(mix(cancelling), cancelling[0])
+
+
 def test_keyed_embed_of_ordinary_stereo_is_bit_for_bit_unchanged(backend, speech, monkeypatch):
     from watermark import channels
 

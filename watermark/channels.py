@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import torch
 
-CANCELLED_SHARE = 0.25
-"""The channels cancel when their mean keeps less than this share of their average power
-(two channels of equal power: correlation below -0.5; unrelated channels keep 0.5)."""
+CANCELLED_SHARE = 0.5
+"""The channels cancel when their mean keeps less than this share of the power that unrelated
+channels would keep in it: ``1/C`` of their average power for ``C`` channels (two channels of
+equal power: correlation below -0.5). Measured against ``1/C``, not against the channels'
+own power, or every 5.1 mix of unrelated channels would count as cancelling."""
 
 
 def analysis_channel(audio: torch.Tensor) -> int | None:
@@ -26,7 +28,8 @@ def analysis_channel(audio: torch.Tensor) -> int | None:
         return None
     channel_power = torch.linalg.vector_norm(audio, dim=-1).double().square()
     mean_power = torch.linalg.vector_norm(audio.mean(0)).double().square()
-    if bool(mean_power < CANCELLED_SHARE * channel_power.mean()):
+    unrelated = channel_power.mean() / audio.shape[0]
+    if bool(mean_power < CANCELLED_SHARE * unrelated):
         return int(channel_power.argmax())
     return None
 

@@ -19,7 +19,7 @@ from transformers import pipeline
 
 from detectors import load_detector
 from detectors.hf_export import export_detector
-from guard.audio import iter_audio_paths, load
+from guard.audio import AudioError, iter_audio_paths, load
 from guard.guard import Guard, GuardConfig
 from guard.wrappers import GuardedTagger
 
@@ -40,7 +40,11 @@ def main() -> None:
     tagger = GuardedTagger.from_pipeline(classifier, guard)
 
     for path in iter_audio_paths(args.audio):
-        audio, info = load(path)
+        try:
+            audio, info = load(path)
+        except AudioError as err:
+            print(f"error: {err}")
+            continue
         tagged = tagger(audio, info.sample_rate)
         print(f"{path.name}: " + ", ".join(f"{t.label} {t.score:.2f}" for t in tagged.labels))
 

@@ -300,7 +300,7 @@ def iter_audio_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
 
     Whatever the user named explicitly is yielded even when it is missing or has an unknown
     extension, so the command reports it instead of silently skipping it; so is a named folder
-    that yields no audio (empty, or one we may not list), or a CI job that scans two folders
+    that yields no audio (empty, or one we may not list), else a CI job that scans two folders
     passes with one of them judged and the other never read.
     """
     for given in paths:
@@ -376,7 +376,7 @@ def _check_size(path: Path, limits: Limits) -> None:
     except OSError as err:
         raise AudioError(path, f"cannot be read ({err.strerror or err})") from err
     if stat.S_ISDIR(st.st_mode):
-        raise AudioError(path, _folder_problem(path))
+        raise AudioError(path, folder_problem(path))
     if not stat.S_ISREG(st.st_mode):
         # A pipe or device could block forever or never end; uploads are regular files.
         raise AudioError(path, "is not a regular file")
@@ -390,7 +390,7 @@ def _check_size(path: Path, limits: Limits) -> None:
         raise AudioError(path, f"is {size:,} bytes, over the limit of {limits.max_bytes:,} bytes")
 
 
-def _folder_problem(path: Path) -> str:
+def folder_problem(path: Path) -> str:
     """Why a folder stands where a file was expected: which of three things a person fixes."""
     if not os.access(path, os.R_OK | os.X_OK):
         return "is a folder that cannot be read (permission denied)"

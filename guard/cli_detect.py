@@ -59,6 +59,8 @@ def _labelled(real: str, synthetic: str) -> Iterator[tuple[Path, int, str]]:
     """Every audio file under the two roots with its label and its folder (for breakdowns)."""
     for root, label in ((real, 0), (synthetic, 1)):
         for path in audio_io.iter_audio_paths([root]):
+            if path == Path(root) and path.is_dir():  # a folder with no audio stands for itself
+                raise click.ClickException(f"{root}: {audio_io.folder_problem(path)}")
             folder = path.parent.relative_to(Path(root)) if Path(root).is_dir() else Path(".")
             yield path, label, f"{'real' if label == 0 else 'synthetic'}/{folder}"
 

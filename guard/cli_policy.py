@@ -143,6 +143,10 @@ def _parse_facts(text: str) -> dict[str, Any]:
         ) from None
     except RecursionError:  # json decodes nested arrays and objects by recursion
         raise ValueError("facts are nested too deeply") from None
+    except _NotANumber:
+        raise
+    except ValueError:  # Python's limit on the digits of an int, whose sentence names sys
+        raise ValueError("facts hold a number too long to read") from None
     if not isinstance(facts, dict):
         raise ValueError("facts must be a JSON object")
     for name, value in facts.items():
@@ -150,10 +154,14 @@ def _parse_facts(text: str) -> dict[str, Any]:
     return facts
 
 
+class _NotANumber(ValueError):
+    """NaN or an infinity in the JSON text."""
+
+
 def _refuse_constant(name: str) -> NoReturn:
     """Python's json reads NaN and Infinity, which JSON has not got; a NaN score compares
     false with every threshold, so it would pass every rule."""
-    raise ValueError(f"{name} is not a number facts can hold")
+    raise _NotANumber(f"{name} is not a number facts can hold")
 
 
 def _is_inline_json(arg: str) -> bool:

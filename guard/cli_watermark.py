@@ -134,7 +134,7 @@ def _embed_file(
         "path": target,
         "source": source,
         "backend": backend,
-        # The mark is tallied in whole frames, and the last may reach past the end.
+        # The streamed mark is tallied in whole frames, and the last may reach past the end.
         "marked_seconds": round(min(marked_seconds, info.duration), 2),
         "duration": round(info.duration, 2),
         "sample_rate": info.sample_rate,

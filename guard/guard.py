@@ -285,9 +285,10 @@ def parse_meta(text: str) -> dict[str, Any]:
         raise ValueError(f"meta is not valid JSON ({exc.msg} at character {exc.pos})") from None
     except RecursionError:
         raise ValueError(too_deep) from None
-    except ValueError as exc:  # ours, or Python's limit on the digits of an int
-        message = str(exc)
-        raise ValueError(message if message.startswith("meta ") else _TOO_LONG) from None
+    except _NotANumber:
+        raise
+    except ValueError:  # Python's limit on the digits of an int, whose sentence names sys
+        raise ValueError("meta holds a number too long to read") from None
     if not isinstance(meta, dict):
         raise ValueError('meta must be a JSON object, e.g. {"uploader": "alice"}')
     if _depth(meta) > MAX_META_DEPTH:
@@ -296,11 +297,12 @@ def parse_meta(text: str) -> dict[str, Any]:
     return meta
 
 
-_TOO_LONG = "meta holds a number too long to read"
+class _NotANumber(ValueError):
+    """NaN or an infinity in the JSON text."""
 
 
 def _refuse_constant(name: str) -> float:
-    raise ValueError(f"meta holds {name}, which is not a number the audit log can record")
+    raise _NotANumber(f"meta holds {name}, which is not a number the audit log can record")
 
 
 def _depth(value: Any) -> int:

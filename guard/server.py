@@ -94,7 +94,7 @@ class Service:
         self.limiter = RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst)
         places = config.threads + config.queue_size
         # With several API keys, none may hold more than half the places (see AdmissionGate).
-        share = -(-places // 2) if len(config.api_keys) > 1 else None
+        share = max(1, places // 2) if len(config.api_keys) > 1 else None
         self.gate = AdmissionGate(places, on_change=self.metrics.queue_depth.set, per_holder=share)
         self.metrics.queue_capacity.set(self.gate.capacity)
         self.key_ids = sorted(config.keys)
@@ -202,12 +202,13 @@ class Service:
         """:meth:`authorize`, then a place in the queue (503); the caller must ``leave``."""
         self.authorize(principal, scope)
         if not self.gate.try_enter(principal.id):
-            raise ApiError(
-                503,
-                "busy",
-                f"the service is at capacity for API key {principal.id!r}; retry shortly",
-                self._retry(),
+            why = (
+                "the service is at capacity"
+                if self.gate.depth >= self.gate.capacity
+                else f"API key {principal.id!r} holds its share of the service "
+                f"({self.gate.per_holder} requests at once)"
             )
+            raise ApiError(503, "busy", f"{why}; retry shortly", self._retry())
 
     def uploads_dir(self) -> AbstractContextManager[Path]:
         """A private temporary folder for one request, removed when it ends."""

@@ -159,6 +159,8 @@ def test_explain_json_reads_facts_from_a_file(run, tmp_path, form):
         ('{"synthetic_probability": NaN}', "the JSON given: NaN is not a number facts can hold"),
         ('{"duration": Infinity}', "the JSON given: Infinity is not a number facts can hold"),
         ('{"duration": -Infinity}', "the JSON given: -Infinity is not a number facts can hold"),
+        # Python's own sentence, naming sys.set_int_max_str_digits, reached the user
+        ('{"meta": {"n": ' + "9" * 5000 + "}}", "the JSON given: facts hold a number too long"),
         ('{"duration": 1e999}', 'the JSON given: fact "duration" must be a finite number'),
         ('{"synthetic_probability": 95}', '"synthetic_probability" must be a number from 0 to 1'),
     ],

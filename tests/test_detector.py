@@ -378,6 +378,17 @@ def test_cli_eval_without_both_classes_fails_and_names_what_it_skipped(labelled,
     assert f"0 synthetic files ({music}) got a verdict" in result.output
 
 
+def test_cli_eval_of_a_folder_without_audio_says_so(labelled, tmp_path: Path):
+    # Python's "'x' is not in the subpath of 'x/real'" reached the user instead.
+    real, _ = labelled
+    empty = tmp_path / "synthetic"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no audio here")
+    result = _cli("detectors", "eval", "--real", str(real), "--synthetic", str(empty))
+    assert result.exit_code == 1
+    assert f"{empty}: is a folder with no WAV, FLAC, OGG or MP3 file in it" in result.output
+
+
 def test_the_speech_gate_runs_silero_step_by_step_arithmetic():
     """The gate runs Silero's LSTM cell as one ``nn.LSTM`` sequence; it must give what
     stepping the cell chunk by chunk, as Silero does, gives."""

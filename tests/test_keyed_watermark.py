@@ -431,3 +431,21 @@ def test_a_clip_shorter_than_one_period_is_too_short_not_too_quiet(backend):
     assert "2 s long, too short" in message and "at least 2.048 s" in message
     assert "too quiet" not in message
     assert backend.params.period_seconds == 2.048  # the minimum quoted is one period
+
+
+def test_a_clip_too_short_is_refused_before_any_embedding(backend, monkeypatch):
+    # It was said only after marking four times over, at +0, +4, +8 and +11 dB.
+    def never(*args, **kwargs):
+        raise AssertionError("embedded a clip no strength can mark")
+
+    monkeypatch.setattr(backend, "embed_stream", never)
+    with pytest.raises(WatermarkError, match="too short"):
+        backend.embed(0.3 * torch.randn(1, 16000), 16000, "deadbeef")
+
+
+def test_marked_seconds_never_exceed_the_audio(backend):
+    # Tallied in whole frames, the last reaching past the end: 5.19 s reported as 5.2 s, in
+    # the library, the service's header and protect's audit record.
+    audio, rate = read_sample("speech/warzone_tutorial_tut73.flac")
+    result = backend.embed(audio, rate, "deadbeef")
+    assert 0 < result.marked_seconds <= audio.shape[-1] / rate

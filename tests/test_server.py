@@ -278,13 +278,13 @@ def test_one_key_holds_at_most_its_share_of_the_places():
 
 
 def test_the_service_gives_one_key_half_the_places_when_it_has_several(service_dir):
-    several = create_app(make_config(service_dir, queue_size=4, inference_threads=2))
+    several = create_app(make_config(service_dir, queue_size=5, inference_threads=2))
     with TestClient(several):
-        assert several.state.service.gate.per_holder == 3
-    single = make_config(service_dir, queue_size=4, inference_threads=2, api_keys=api_keys()[:1])
+        assert several.state.service.gate.per_holder == 3  # of 7: never more than half
+    single = make_config(service_dir, queue_size=5, inference_threads=2, api_keys=api_keys()[:1])
     alone = create_app(single)
     with TestClient(alone):
-        assert alone.state.service.gate.per_holder == 6
+        assert alone.state.service.gate.per_holder == 7
 
 
 # -- the app in process ------------------------------------------------------------------

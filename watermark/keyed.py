@@ -113,6 +113,7 @@ class KeyedBackend:
         outright. The SNR actually spent is reported; if even the strongest allowed mark does
         not read back, embed fails loudly.
         """
+        self._check_length(audio, sample_rate)  # no strength helps, so say it before trying
         extra_db = 0.0
         while True:
             tally: list[float] = []
@@ -128,7 +129,8 @@ class KeyedBackend:
         return EmbedResult(
             audio=marked,
             sample_rate=sample_rate,
-            marked_seconds=sum(tally),
+            # tallied in whole frames, and the last may reach past the end
+            marked_seconds=min(sum(tally), audio.shape[-1] / sample_rate),
             snr_db=measure_snr(audio, marked),
             verification=check,
         )

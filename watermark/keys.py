@@ -51,7 +51,7 @@ def read_key(path: str | Path) -> bytes:
     except FileNotFoundError:
         raise WatermarkError(f"{path}: key file not found") from None
     except OSError as exc:
-        raise WatermarkError(f"{path}: cannot read key file ({exc.strerror})") from None
+        raise WatermarkError(f"{path}: cannot read key file ({exc.strerror or exc})") from None
     if len(head) > MAX_KEY_FILE_BYTES:
         raise not_a_key
     try:

@@ -25,6 +25,26 @@ def _backend(name: str, key_file: str | None, weights: str | None) -> WatermarkB
     return create_backend(name, key=key, weights=weights)
 
 
+def _backend_for(
+    ctx: click.Context,
+    inputs: list[str],
+    name: str,
+    key_file: str | None,
+    weights: str | None,
+    as_json: bool,
+) -> WatermarkBackend:
+    """The backend, or, when it cannot be built (a missing key, say), the reason once on
+    stderr; under ``--json``, one ``{"path", "error"}`` object per input instead, as promised."""
+    try:
+        return _backend(name, key_file, weights)
+    except (WatermarkError, OSError, ValueError) as exc:
+        if not as_json or (ctx.obj or {}).get("debug"):
+            raise  # one sentence on stderr (guard.cli.main), or the traceback with --debug
+        for path in audio_io.iter_audio_paths(inputs):
+            emit_error(path, exc, as_json)
+        sys.exit(1)
+
+
 STREAM_SECONDS = 300  # longer keyed embeds stream block by block
 VERIFY_SECONDS = 120  # how much of a streamed output is read back to verify it
 
@@ -88,13 +108,7 @@ def embed(
     """
     if Path(source).resolve() == Path(target).resolve():
         raise click.UsageError("TARGET must differ from SOURCE; the original is never overwritten")
-    try:
-        mark = _backend(backend, key_file, weights)  # a bad key is a setup error, not the file's
-    except (WatermarkError, OSError, ValueError) as exc:
-        if not as_json or (ctx.obj or {}).get("debug"):
-            raise  # one sentence on stderr (guard.cli.main), or the traceback with --debug
-        emit_error(source, exc, as_json)  # --json promises one JSON object for the input
-        sys.exit(1)
+    mark = _backend_for(ctx, [source], backend, key_file, weights, as_json)
     try:
         report = _embed_file(mark, backend, source, target, payload)
     except (audio_io.AudioError, WatermarkError, OSError, ValueError) as exc:
@@ -208,7 +222,9 @@ def _embed_streaming(
 @key_option
 @weights_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input, one per line.")
+@click.pass_context
 def detect(
+    ctx: click.Context,
     paths: tuple[str, ...],
     backend: str,
     key_file: str | None,
@@ -216,7 +232,7 @@ def detect(
     as_json: bool,
 ) -> None:
     """Look for a watermark in each file (folders are walked); exit 1 if any input failed."""
-    mark = _backend(backend, key_file, weights)
+    mark = _backend_for(ctx, list(paths), backend, key_file, weights, as_json)
     each_audio_file(
         paths,
         as_json,

@@ -259,6 +259,22 @@ def test_a_missing_key_under_json_is_one_json_line_for_the_input(tmp_path):
     assert not (tmp_path / "o.wav").exists()
 
 
+def test_a_missing_key_under_json_is_one_json_line_per_input_of_detect(tmp_path):
+    # detect --json printed one plain sentence for the whole command instead.
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    for source in (first, second):
+        sf.write(source, _speechy(8000, 3), 8000)
+    missing = tmp_path / "nokey"
+    args = [str(first), str(second), "--key", str(missing), "--json"]
+    result = CliRunner().invoke(cli, ["watermark", "detect", *args])
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    error = f"{missing}: key file not found"
+    assert lines == [{"path": str(p), "error": error} for p in (first, second)]
+    plain = CliRunner().invoke(cli, ["watermark", "detect", str(first), "--key", str(missing)])
+    assert plain.exit_code == 1 and str(plain.exception) == error  # guard.cli.main prints it
+
+
 def test_keyed_embed_into_a_loud_clip_too_short_says_so_and_the_minimum(tmp_path, run, key):
     # 2 s of loud audio: all of it could carry the mark, but the mark's pattern lasts 2.048 s.
     # It was blamed on "too little or too quiet".

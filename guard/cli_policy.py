@@ -13,10 +13,11 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from guard.guard import JsonNumberError, loads_strict
 from policies import (
     KNOWN_FACTS,
     Decision,
@@ -136,32 +137,22 @@ def _parse_facts(text: str) -> dict[str, Any]:
     ``--facts`` rather than on the policy file.
     """
     try:
-        facts = json.loads(text, parse_constant=_refuse_constant)
+        facts = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
         ) from None
     except RecursionError:  # json decodes nested arrays and objects by recursion
         raise ValueError("facts are nested too deeply") from None
-    except _NotANumber:
-        raise
-    except ValueError:  # Python's limit on the digits of an int, whose sentence names sys
-        raise ValueError("facts hold a number too long to read") from None
+    except JsonNumberError as exc:
+        if exc.constant is None:
+            raise ValueError("facts hold a number too long to read") from None
+        raise ValueError(f"{exc.constant} is not a number facts can hold") from None
     if not isinstance(facts, dict):
         raise ValueError("facts must be a JSON object")
     for name, value in facts.items():
         check_fact(name, value)
     return facts
-
-
-class _NotANumber(ValueError):
-    """NaN or an infinity in the JSON text."""
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    """Python's json reads NaN and Infinity, which JSON has not got; a NaN score compares
-    false with every threshold, so it would pass every rule."""
-    raise _NotANumber(f"{name} is not a number facts can hold")
 
 
 def _is_inline_json(arg: str) -> bool:

@@ -280,15 +280,17 @@ def parse_meta(text: str) -> dict[str, Any]:
     """
     too_deep = f"meta is nested too deeply (at most {MAX_META_DEPTH} levels)"
     try:
-        meta = json.loads(text, parse_constant=_refuse_constant)
+        meta = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"meta is not valid JSON ({exc.msg} at character {exc.pos})") from None
     except RecursionError:
         raise ValueError(too_deep) from None
-    except _NotANumber:
-        raise
-    except ValueError:  # Python's limit on the digits of an int, whose sentence names sys
-        raise ValueError("meta holds a number too long to read") from None
+    except JsonNumberError as exc:
+        if exc.constant is None:
+            raise ValueError("meta holds a number too long to read") from None
+        raise ValueError(
+            f"meta holds {exc.constant}, which is not a number the audit log can record"
+        ) from None
     if not isinstance(meta, dict):
         raise ValueError('meta must be a JSON object, e.g. {"uploader": "alice"}')
     if _depth(meta) > MAX_META_DEPTH:
@@ -297,12 +299,33 @@ def parse_meta(text: str) -> dict[str, Any]:
     return meta
 
 
-class _NotANumber(ValueError):
-    """NaN or an infinity in the JSON text."""
+class JsonNumberError(ValueError):
+    """A number JSON text holds that no fact can: NaN or an infinity (``constant`` names it),
+    or an integer too long for Python to read (``constant`` is None)."""
+
+    def __init__(self, constant: str | None) -> None:
+        super().__init__(constant or "an integer too long to read")
+        self.constant = constant
 
 
-def _refuse_constant(name: str) -> float:
-    raise _NotANumber(f"meta holds {name}, which is not a number the audit log can record")
+def loads_strict(text: str) -> Any:
+    """``json.loads`` for facts a caller hands us (``meta``, ``--facts``).
+
+    Python's json reads NaN and Infinity, which JSON has not got and which compare false with
+    every threshold; and its refusal of a 5,000-digit integer is a sentence about
+    ``sys.set_int_max_str_digits``. Both become :class:`JsonNumberError`. Decoding errors
+    and ``RecursionError`` (deep nesting) pass through for the caller to word.
+    """
+
+    def refuse(constant: str) -> float:
+        raise JsonNumberError(constant)
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except (json.JSONDecodeError, JsonNumberError):
+        raise
+    except ValueError:  # the limit on an integer's digits
+        raise JsonNumberError(None) from None
 
 
 def _depth(value: Any) -> int:

@@ -42,6 +42,11 @@ _FORMAT_BY_EXTENSION = {
 }
 _SUBTYPE_BY_EXTENSION = {".opus": "OPUS"}
 
+SAMPLES_PER_LIMIT_SECOND = 96_000
+"""Decoded samples a whole-file load may hold per second of the duration limit (48 kHz
+stereo): the duration limit alone lets a small file at 192 kHz and 8 channels decode to
+gigabytes. Streaming reads hold a block at a time and need no such bound."""
+
 LOAD_BLOCK_FRAMES = 1 << 20  # about 22 s at 48 kHz: the only extra memory a whole-file load holds
 
 # Subtypes that store floats. Outside [-1, 1] integer PCM saturates, mu-law and A-law wrap
@@ -91,6 +96,22 @@ class Limits:
     max_rate: int = 192_000
     max_channels: int = 8
 
+    @property
+    def max_samples(self) -> float:
+        """The most decoded samples (frames x channels) a whole-file load may hold."""
+        return self.max_seconds * SAMPLES_PER_LIMIT_SECOND
+
+
+def too_many_samples(info: AudioInfo, limits: Limits) -> str | None:
+    """Why decoding all of ``info`` at once would pass ``limits``' budget, or None if it fits."""
+    if info.frames * info.channels <= limits.max_samples:
+        return None
+    return (
+        f"is {info.duration:.1f} s at {info.sample_rate} Hz with {info.channels} channels, "
+        f"over the limit of {int(limits.max_samples):,} samples "
+        f"({limits.max_seconds:g} s of 48 kHz stereo)"
+    )
+
 
 def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> AudioInfo:
     """Validate a file from its header alone, so a caller can refuse it without decoding."""
@@ -106,6 +127,9 @@ def load(path: str | os.PathLike[str], limits: Limits = Limits()) -> tuple[torch
     what it holds, which is what a player would play).
     """
     with _open(Path(path), limits) as (f, info):
+        problem = too_many_samples(info, limits)
+        if problem:
+            raise AudioError(path, problem)
         samples = _read_all(f, info)
     if samples.shape[1] == 0:
         raise AudioError(path, "contains no decodable audio")

@@ -71,9 +71,6 @@ _MEDIA_TYPES = {
     "MP3": "audio/mpeg",
 }
 _STREAM_CHUNK = 1 << 16
-SAMPLES_PER_LIMIT_SECOND = 96_000
-"""Decoded samples allowed per second of ``max_duration_s`` (48 kHz stereo): the duration
-limit alone lets a small file at 192 kHz and 8 channels decode to gigabytes."""
 # The review page runs only its own script and shows the dropped file from a blob: URL.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; object-src 'none'; "
@@ -256,17 +253,11 @@ class Service:
                 f"{upload.filename}: is {info.duration:.1f} s long, over the limit of "
                 f"{self.config.max_duration_s:g} s",
             )
-        budget = int(self.config.max_duration_s * SAMPLES_PER_LIMIT_SECOND)
-        if info.frames * info.channels > budget:
+        problem = audio_io.too_many_samples(info, self.guard.config.limits)
+        if problem:
             # A 44 KB FLAC of 29 s of silence at 192 kHz and 8 channels decodes to 180 MB,
             # and one under 1 MB within the duration limit to gigabytes.
-            raise ApiError(
-                413,
-                "too_long",
-                f"{upload.filename}: is {info.duration:.1f} s at {info.sample_rate} Hz with "
-                f"{info.channels} channels, over the limit of {budget:,} samples "
-                f"({self.config.max_duration_s:g} s of 48 kHz stereo)",
-            )
+            raise ApiError(413, "too_long", f"{upload.filename}: {problem}")
         try:
             return audio_io.load(upload.path, self.guard.config.limits)
         except audio_io.AudioError as err:

@@ -255,6 +255,16 @@ def test_duration_limit_is_checked_from_the_header(tmp_path, monkeypatch):
     assert audio.probe(path, Limits(max_seconds=2.5)).duration == pytest.approx(2.0)
 
 
+def test_decoded_size_is_bounded_from_the_header_in_whole_file_loads_only(tmp_path, monkeypatch):
+    # 0.9 s is inside a 1 s duration limit, but 4 channels at 48 kHz are 172,800 samples,
+    # past the 96,000 that a second of 48 kHz stereo holds.
+    path = write(tmp_path / "wide.wav", signal(48000, 4, seconds=0.9), 48000, "WAV", "PCM_16")
+    tight = Limits(max_seconds=1.0)
+    assert sum(block.shape[1] for block in audio.iter_blocks(path, 4096, tight)) == 43200
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded first"))
+    refused(lambda p: audio.load(p, tight), path, "48000 Hz with 4 channels", "96,000 samples")
+
+
 @pytest.mark.parametrize(
     ("fmt", "subtype", "ext"), [("WAV", "PCM_16", ".wav"), ("MP3", "MPEG_LAYER_III", ".mp3")]
 )

@@ -135,10 +135,18 @@ def load_backbone(spec: str | Path | None = None) -> Backbone:
     try:
         model = ASTModel.from_pretrained(str(spec), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
+        # transformers' own text speaks of a connection that local_files_only never tried;
+        # it stays chained for --debug, and only a folder's refusal says something new.
+        if path.expanduser().is_dir():
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DetectorError(
+                f"{spec}: is not a folder holding an AST config.json and model.safetensors "
+                f"({reason})"
+            ) from exc
         raise DetectorError(
-            f"AST checkpoint {spec!r} is not on this machine as safetensors; download it once "
-            f"with `huggingface-cli download {spec}` (or pass a local directory holding "
-            f"config.json and model.safetensors): {exc}"
+            f"{spec}: no such folder, and no AST checkpoint of that id in the local Hugging "
+            f"Face cache as safetensors; download it once with `huggingface-cli download "
+            f"{spec}`, or pass a local directory holding config.json and model.safetensors"
         ) from exc
     return Backbone(model=model, name=str(spec))
 

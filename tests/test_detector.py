@@ -419,3 +419,26 @@ def test_a_missing_checkpoint_folder_is_called_missing_not_a_download(spec):
     message = str(raised.value)
     assert f"{spec}: no such folder" in message
     assert "huggingface-cli" not in message and "Repo id" not in message
+
+
+def test_a_hub_id_that_is_not_cached_gets_one_sentence_that_also_rules_out_a_folder(
+    tmp_path, monkeypatch
+):
+    # `models/ast` may be either; transformers' two lines about a connection it never tried
+    # (local_files_only) used to follow the sentence.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DetectorError) as raised:
+        load_backbone("models/ast")
+    message = str(raised.value)
+    assert message.startswith("models/ast: no such folder, and no AST checkpoint of that id")
+    assert "huggingface-cli download models/ast" in message
+    assert "\n" not in message and "connect" not in message
+
+
+def test_a_folder_that_is_not_a_checkpoint_says_what_it_lacks(tmp_path):
+    (tmp_path / "ast").mkdir()
+    with pytest.raises(DetectorError) as raised:
+        load_backbone(tmp_path / "ast")
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'ast'}: is not a folder holding an AST config.json")
+    assert "\n" not in message

@@ -372,6 +372,11 @@ def create_app(config: ServerConfig | str | os.PathLike[str] | None = None) -> F
             "watermark_backends": [b.name for b in guard.public],
         }
 
+    # Load balancers and uptime checkers probe with HEAD as often as with GET (405 marked the
+    # worker down); the schema lists the GET only, so no operation id appears twice.
+    for probe in (healthz, readyz):
+        app.add_api_route(f"/{probe.__name__}", probe, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         body, content_type = service.metrics.render()

@@ -62,6 +62,11 @@ class AudioError(Exception):
         super().__init__(f"{self.path}: {problem}")
 
 
+class UnsupportedFormat(AudioError):
+    """The file is not audio in a format we decode (the service answers 415), as opposed to
+    one we can read whose content we refuse (422)."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What the header says; enough to write the result back the way it came in."""
@@ -362,7 +367,7 @@ def _open(path: Path, limits: Limits) -> Iterator[tuple[sf.SoundFile, AudioInfo]
     except sf.SoundFileError as err:
         # libsndfile's own messages can mislead (an undecodable .mp3 "does not exist"), so
         # the user gets ours and --debug gets the chained original.
-        raise AudioError(
+        raise UnsupportedFormat(
             path, "is not a WAV, FLAC, OGG or MP3 file, or its header is damaged"
         ) from err
     with f:
@@ -426,7 +431,9 @@ def folder_problem(path: Path) -> str:
 def _check_header(info: AudioInfo, limits: Limits) -> None:
     path = info.path
     if info.format not in _SUPPORTED_FORMATS:
-        raise AudioError(path, f"is {info.format} audio; only WAV, FLAC, OGG and MP3 are supported")
+        raise UnsupportedFormat(
+            path, f"is {info.format} audio; only WAV, FLAC, OGG and MP3 are supported"
+        )
     if info.sample_rate < limits.min_rate:
         raise AudioError(
             path, f"has a sample rate of {info.sample_rate} Hz, below {limits.min_rate} Hz"

@@ -244,8 +244,10 @@ class Service:
         )
         try:
             info = audio_io.probe(upload.path, relaxed)
-        except audio_io.AudioError as err:
+        except audio_io.UnsupportedFormat as err:
             raise ApiError(415, "unsupported_media_type", _sentence(err, upload)) from None
+        except audio_io.AudioError as err:  # a header we read, of a file with no audio in it
+            raise ApiError(422, "undecodable", _sentence(err, upload)) from None
         if info.duration > self.config.max_duration_s:
             raise ApiError(
                 413,

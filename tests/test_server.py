@@ -406,6 +406,7 @@ def test_scan_with_another_policy_and_bad_fields(client):
         ("wide.flac", wide_silence_flac(), 413, "too_long"),  # decoded in full before
         ("long.wav", wav_bytes(np.zeros(8000 * 61, np.float32), 8000), 413, "too_long"),
         ("empty.wav", b"", 422, "undecodable"),
+        ("silent.wav", wav_bytes(np.zeros(0, np.float32), 16000), 422, "undecodable"),  # was 415
     ],
 )
 def test_hostile_files_get_a_status_and_a_sentence(client, name, data, status, code):

@@ -19,7 +19,7 @@ FRAME_LENGTH_MS = 25.0
 FRAME_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
 HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
 FBANK_BLOCK_FRAMES = 60_000  # ten minutes
-CANCELLED_SHARE = 0.5  # of the power unrelated channels keep in their mean (1/C of theirs)
+CANCELLED_SHARE = 0.5  # of the power unrelated channels keep in their mean: watermark.channels
 
 
 def to_model_input(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -37,16 +37,24 @@ def mix_down(audio: torch.Tensor) -> torch.Tensor:
     that sounds the same on headphones) was "no speech to judge". The mean of ``C`` unrelated
     channels keeps ``1/C`` of their power and of identical ones all of it, so ordinary
     stereo, 5.1, a silent channel and mono are mixed exactly as before.
-    ``watermark.channels`` applies the same rule (components do not import each other).
+    ``analysis_channel`` is ``watermark.channels``' own, copied (components do not import
+    each other; a test keeps the two the same).
     """
-    mean = audio.mean(0)
-    if audio.shape[0] < 2:
-        return mean
+    channel = analysis_channel(audio)
+    return audio.mean(0) if channel is None else audio[channel]
+
+
+def analysis_channel(audio: torch.Tensor) -> int | None:
+    """The channel of ``audio`` to read alone because the channels cancel in their mean,
+    or None to read the mean as usual (one channel, ordinary stereo, silence, NaN)."""
+    if audio.dim() != 2 or audio.shape[0] < 2:
+        return None
     channel_power = torch.linalg.vector_norm(audio, dim=-1).double().square()
-    mean_power = torch.linalg.vector_norm(mean).double().square()
-    if bool(mean_power < CANCELLED_SHARE * channel_power.mean() / audio.shape[0]):
-        return audio[int(channel_power.argmax())]
-    return mean
+    mean_power = torch.linalg.vector_norm(audio.mean(0)).double().square()
+    unrelated = channel_power.mean() / audio.shape[0]
+    if bool(mean_power < CANCELLED_SHARE * unrelated):
+        return int(channel_power.argmax())
+    return None
 
 
 def fbank(mono_16k: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,20 @@ def test_many_unrelated_channels_are_averaged_and_a_cancelling_pair_is_not(chann
         assert torch.equal(mix(cancelling), cancelling[0])
 
 
+def test_the_detector_and_the_watermark_decide_the_mix_with_the_same_rule():
+    # Components share no code (DESIGN.md), so each holds the rule; a change to one alone
+    # would let a file the detector reads as one channel be watermarked as the mean.
+    import inspect
+
+    from detectors import frontend
+    from watermark import channels
+
+    assert frontend.CANCELLED_SHARE == channels.CANCELLED_SHARE
+    assert inspect.getsource(frontend.analysis_channel) == inspect.getsource(
+        channels.analysis_channel
+    )
+
+
 def test_keyed_embed_of_ordinary_stereo_is_bit_for_bit_unchanged(backend, speech, monkeypatch):
     from watermark import channels
 

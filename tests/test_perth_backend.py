@@ -94,6 +94,36 @@ def test_unmarked_noise_is_not_detected(backend, kind):
     assert not backend.detect(audio, 16_000).detected
 
 
+def _tone(kind: str, rate: int = 16_000, seconds: float = 5.0) -> torch.Tensor:
+    t = torch.arange(int(rate * seconds), dtype=torch.float64) / rate
+    phase = {
+        "dc": 0 * t + np.pi / 2,
+        "sine 100 Hz": 2 * np.pi * 100 * t,
+        "sine 2 kHz": 2 * np.pi * 2000 * t,
+        "sweep 50 Hz-2 kHz": 2 * np.pi * (50 * t + 195 * t**2),
+    }[kind]
+    return (0.3 * torch.sin(phase)).float()[None]
+
+
+@pytest.mark.parametrize("kind", ["dc", "sine 100 Hz", "sine 2 kHz", "sweep 50 Hz-2 kHz"])
+def test_a_pure_tone_or_dc_is_not_a_perth_mark(backend, kind):
+    # PerthNet's decoder scored these 0.8-1.0, as high as marked speech: a test tone showed
+    # "marks: perth" in scan (p 0.0005 for the 100 Hz sine, under the scan policy's 0.001).
+    found = backend.detect(_tone(kind), 16_000)
+    assert not found.detected and found.p_value == 1.0
+
+
+def test_the_tone_rule_leaves_every_bundled_sample_as_perth_scored_it():
+    from watermark.backends import perth_backend as pb
+
+    for path in sorted(SAMPLES.glob("*/*.flac")):
+        audio, rate = _read(path)
+        mono = pb.mix_down(audio)
+        n = int(mono.shape[-1] * pb.perth_rate() / rate)
+        windows = pb._to_perth_rate(mono, rate, 0, n).unfold(0, 64_000, 32_000)
+        assert float(pb._tone_share(windows).max()) < 0.99, path.name
+
+
 def test_16k_mono_keeps_shape_rate_and_dtype(marked_speech):
     audio, rate, result = marked_speech
     assert result.audio.shape == audio.shape == (1, audio.shape[1])

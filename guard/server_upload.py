@@ -269,8 +269,9 @@ async def receive_upload(
         more = True
         clock = asyncio.get_running_loop().time
         started = clock()
+        writing = 0.0  # our own disk time is not the client's slowness
         while more:
-            left = started + timeout_s + received / min_bytes_per_s - clock()
+            left = started + writing + timeout_s + received / min_bytes_per_s - clock()
             wait = min(timeout_s, max(0.0, left))
             if received == 0 or wait == timeout_s:
                 problem = f"no data arrived for {timeout_s:g} s"
@@ -290,7 +291,9 @@ async def receive_upload(
                     {"Connection": "close"},
                 )
             parser.write(chunk)
+            began_writing = clock()
             await receiver.flush()
+            writing += clock() - began_writing
         await receiver.flush(force=True)
     except FormParserError as err:
         raise ApiError(400, "bad_request", "the multipart body is malformed") from err

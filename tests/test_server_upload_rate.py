@@ -71,3 +71,23 @@ def test_a_stall_is_still_named_as_one(tmp_path):
         receive(TrickledRequest(chunk=50, pause_s=0.5), tmp_path, timeout_s=0.2, min_rate=1)
     assert err.value.status == 408
     assert "no data arrived for 0.2 s" in str(err.value)
+
+
+def test_time_spent_writing_the_upload_to_disk_is_not_held_against_the_client(
+    tmp_path, monkeypatch
+):
+    # A client sending 10,000 bytes/s against a 2,000 bytes/s floor got 408 "slower than"
+    # because each half-second flush to a slow disk counted as its own time.
+    from guard import server_upload
+
+    flush = server_upload._Receiver.flush
+
+    async def slow_disk(self, force: bool = False) -> None:
+        await flush(self, force)
+        await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(server_upload._Receiver, "flush", slow_disk)
+    upload = receive(
+        TrickledRequest(chunk=100, pause_s=0.01), tmp_path, timeout_s=0.3, min_rate=2000
+    )
+    assert upload.size == 200

@@ -85,7 +85,8 @@ def test_measuring_a_pair_in_place_keeps_its_shape_and_record(tmp_path: Path, mo
     ab.AudioSealBackend(weights=pair)
 
 
-def test_a_crop_of_digital_silence_leaves_every_gradient_finite():
+@pytest.mark.parametrize("progress", [0.1, 0.9], ids=["with the bootstrap code", "edits"])
+def test_a_crop_of_digital_silence_leaves_every_gradient_finite(progress):
     """One all-zero crop in a batch used to turn the generator's gradients (and then its
     weights) to NaN through the spectral hinge; 0.25 s crops met one within 3,000 steps."""
     args = script.parse_args(["--filters", "4", "--dimension", "8"])
@@ -96,6 +97,26 @@ def test_a_crop_of_digital_silence_leaves_every_gradient_finite():
         gen = torch.Generator().manual_seed(seed)
         gen_model.zero_grad()
         det_model.zero_grad()
-        script.train_step(gen_model, det_model, x, gen, args, 0.9)["loss"].backward()
+        script.train_step(gen_model, det_model, x, gen, args, progress)["loss"].backward()
         for p in [*gen_model.parameters(), *det_model.parameters()]:
             assert p.grad is None or torch.isfinite(p.grad).all(), f"seed {seed}"
+
+
+def test_the_bootstrap_code_reads_the_bits_a_mark_writes_into_its_bands():
+    """A mark with a tone in band 2i+b for each bit i reads back as those bits, and one with
+    the opposite tones as their complement: the code the generator is taught is decodable."""
+    bands = script.BANDS
+    bits = torch.randint(0, 2, (ab.NBITS,), generator=torch.Generator().manual_seed(3))
+    t = torch.arange(ab.MODEL_RATE // 2) / ab.MODEL_RATE
+
+    def mark(chosen: torch.Tensor) -> torch.Tensor:
+        tones = torch.zeros_like(t)
+        for i, b in enumerate(chosen.tolist()):
+            bins = bands[2 * i + b].nonzero().flatten().float()
+            hz = float(bins.mean()) * ab.MODEL_RATE / script.BOOTSTRAP_FFT
+            tones += torch.sin(2 * torch.pi * hz * t)
+        return tones[None, None]
+
+    both = torch.cat([mark(bits), mark(1 - bits)])
+    read = (script.bootstrap_logits(both, bands) > 0).long()
+    assert torch.equal(read[0], bits) and torch.equal(read[1], 1 - bits)

@@ -209,6 +209,7 @@ BOOTSTRAP_BAND_HZ = (300.0, 6000.0)
 """Where the bootstrap code lives: above the high-pass edit's reach (100-500 Hz; bands below
 300 Hz left their two bits at chance) and below the mark's band limit."""
 BOOTSTRAP_FFT = 512
+BOOTSTRAP_WEIGHT = 5.0
 
 
 def bootstrap_bands() -> torch.Tensor:
@@ -554,9 +555,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--bootstrap-weight",
         type=float,
-        default=5.0,
-        help="weight of the fixed spectral code that teaches the generator every bit at once "
-        "(0: none; see bootstrap_logits)",
+        default=None,
+        help="weight of the fixed spectral code that teaches a fresh generator every bit at "
+        f"once (default {BOOTSTRAP_WEIGHT} from scratch, 0 for an --init fine-tune, whose "
+        "pair has its own code; see bootstrap_logits)",
     )
     parser.add_argument(
         "--bootstrap-until",
@@ -587,6 +589,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if measure_only(args) and args.init is None:
         parser.error("--steps 0 measures an --init pair; name the pair to measure")
+    if args.bootstrap_weight is None:
+        args.bootstrap_weight = 0.0 if args.init is not None else BOOTSTRAP_WEIGHT
     if args.init is not None:
         if args.filters is not None or args.dimension is not None:
             parser.error("--init keeps its pair's shape: no --filters or --dimension")

@@ -120,3 +120,13 @@ def test_the_bootstrap_code_reads_the_bits_a_mark_writes_into_its_bands():
     both = torch.cat([mark(bits), mark(1 - bits)])
     read = (script.bootstrap_logits(both, bands) > 0).long()
     assert torch.equal(read[0], bits) and torch.equal(read[1], 1 - bits)
+
+
+def test_the_bootstrap_code_teaches_a_fresh_pair_and_leaves_a_fine_tune_alone(tmp_path: Path):
+    # a fine-tune's pair already has its own code; pulling it back to the bootstrap bands
+    # would undo what the pair learnt, so --init turns the bootstrap off unless asked for
+    _tiny_pair(tmp_path, 4, 8, steps=1)
+    assert script.parse_args([]).bootstrap_weight == script.BOOTSTRAP_WEIGHT > 0
+    assert script.parse_args(["--init", str(tmp_path)]).bootstrap_weight == 0.0
+    asked = ["--init", str(tmp_path), "--bootstrap-weight", "2"]
+    assert script.parse_args(asked).bootstrap_weight == 2.0

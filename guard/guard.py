@@ -72,6 +72,31 @@ class ProtectResult:
     snr_db: float | None
 
 
+def _keyed_backends(paths: tuple[Path, ...]) -> dict[str, WatermarkBackend]:
+    """One keyed backend per key file, by the file's stem: the id findings and embeds name.
+
+    Two different files with one stem (``a/org.key``, ``b/org.key``) would leave one key
+    unchecked without a word, so they are refused; the same file named twice is one key.
+    """
+    files: dict[str, Path] = {}
+    for path in paths:
+        path = Path(path)
+        seen = files.setdefault(path.stem, path)
+        if seen != path and not _same_file(seen, path):
+            raise WatermarkError(
+                f"the keys {seen} and {path} would both be called {path.stem!r} in the "
+                "findings: rename one of the files"
+            )
+    return {stem: create_backend("keyed", key=read_key(path)) for stem, path in files.items()}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one is missing: read_key says so
+        return False
+
+
 def resolve_policy(policy: str | Path) -> Path:
     """A shipped policy by name (``upload-screening``) or a YAML file by path."""
     path = Path(policy)
@@ -88,9 +113,7 @@ class Guard:
         self.policy = Policy.load(resolve_policy(config.policy))
         self.generator_policy = Policy.load(resolve_policy(config.generator_policy))
         self.detector = self._build_detector(config)
-        self.keyed: dict[str, WatermarkBackend] = {
-            Path(k).stem: create_backend("keyed", key=read_key(k)) for k in config.keys
-        }
+        self.keyed = _keyed_backends(config.keys)
         self.public: list[WatermarkBackend] = [create_backend(n) for n in config.public_backends]
         self.audit = None
         if config.audit_log:
@@ -190,7 +213,9 @@ class Guard:
             "channels": int(audio.shape[0]),
             "tags": list(tags or []),
             "meta": dict(meta or {}),
-            "mark_verified": False,
+            # nothing was embedded here, so nothing was verified either way: a policy reads
+            # null, and generator-output then judges the keyed mark it finds in the audio
+            "mark_verified": None,
         }
 
     def watermark_findings(self, audio: torch.Tensor, sample_rate: int) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -182,8 +183,9 @@ def _embed_streaming(
 ) -> tuple[audio_io.AudioInfo, float, float, Detection]:
     """Mark a long file block by block so memory stays bounded, then verify the output.
 
-    Verification reads back the first minutes of the written file (the whole file would cost
-    as much memory as we just saved); the SNR is accumulated as blocks go by.
+    Verification reads back the minutes of the written file that carry the most mark (the
+    whole file would cost as much memory as we just saved; the first minutes may be a silent
+    intro, which carries none); the SNR is accumulated as blocks go by.
     """
     rate = info.sample_rate
     tally: list[float] = []
@@ -210,10 +212,30 @@ def _embed_streaming(
 
     marked = mark.embed_stream(feed(), rate, payload, tally)
     written = audio_io.save_blocks(target, measured(marked), rate, info.channels, like=info)
-    head = next(audio_io.iter_blocks(target, VERIFY_SECONDS * rate))
-    check = mark.verify(head, rate, payload, sum(tally))
+    start, window_seconds = _most_marked_window(tally)
+    blocks = audio_io.iter_blocks(target, EMBED_CHUNK_SECONDS * rate)
+    window = list(itertools.islice(blocks, start, start + VERIFY_SECONDS // EMBED_CHUNK_SECONDS))
+    blocks.close()
+    try:
+        check = mark.verify(torch.cat(window, dim=1), rate, payload, window_seconds)
+    except WatermarkError as exc:
+        Path(target).unlink(missing_ok=True)
+        at = start * EMBED_CHUNK_SECONDS
+        raise WatermarkError(
+            f"{target}: {exc} (read back from {at}-{at + VERIFY_SECONDS} s of the file written, "
+            "the stretch that carries the most mark), so it was deleted"
+        ) from None
     snr = 10 * math.log10(energy[0] / energy[1]) if energy[1] > 0 else math.inf
     return written, sum(tally), snr, check
+
+
+def _most_marked_window(tally: list[float]) -> tuple[int, float]:
+    """The first chunk of the ``VERIFY_SECONDS`` that carry the most mark, and their marked
+    seconds (``tally`` has one entry per chunk the embedder marked)."""
+    width = VERIFY_SECONDS // EMBED_CHUNK_SECONDS
+    sums = [sum(tally[i : i + width]) for i in range(max(1, len(tally) - width + 1))]
+    best = max(range(len(sums)), key=sums.__getitem__)
+    return best, sums[best]
 
 
 @watermark.command()

@@ -123,6 +123,45 @@ def test_long_files_stream_in_blocks(tmp_path, run, key, samples_dir, monkeypatc
     assert json.loads(found.output)["payload"] == "1234abcd"
 
 
+def _silent_intro_then_noise(tmp_path, rate: int = 8000):
+    """Two and a half minutes of digital silence (a podcast's intro), then a minute of sound."""
+    noise = np.random.default_rng(1).standard_normal(60 * rate).astype("float32")
+    source = tmp_path / "intro.wav"
+    sf.write(source, np.concatenate([np.zeros(150 * rate, "float32"), 0.1 * noise]), rate)
+    return source
+
+
+def test_a_streamed_embed_verifies_where_the_mark_is_not_only_the_first_minutes(
+    tmp_path, run, key, monkeypatch
+):
+    # verification read the first 120 s, all silence here, and failed a strongly marked file
+    monkeypatch.setattr(cli_watermark, "STREAM_SECONDS", 30)
+    target = tmp_path / "intro.marked.wav"
+
+    report = embed_json(run, _silent_intro_then_noise(tmp_path), target, key, "1234abcd")
+
+    assert report["verification"]["detected"] and report["verification"]["payload"] == "1234abcd"
+    assert 55 < report["marked_seconds"] <= 60
+
+
+def test_a_streamed_embed_that_does_not_verify_deletes_its_target(tmp_path, key, monkeypatch):
+    monkeypatch.setattr(cli_watermark, "STREAM_SECONDS", 30)
+
+    def fails(*args):
+        raise cli_watermark.WatermarkError("the mark did not read back after embedding")
+
+    monkeypatch.setattr(cli_watermark.KeyedBackend, "verify", fails)
+    target = tmp_path / "intro.marked.wav"
+    source = _silent_intro_then_noise(tmp_path)
+    result = CliRunner().invoke(
+        cli, ["watermark", "embed", str(source), str(target), "--key", str(key), "--payload", "1"]
+    )
+
+    assert result.exit_code == 1 and not target.exists()
+    assert f"{target}: the mark did not read back" in result.output
+    assert "120-240 s" in result.output and "so it was deleted" in result.output
+
+
 def test_streaming_embed_holds_a_few_blocks_not_the_whole_file(tmp_path, run, key, monkeypatch):
     # itertools.tee keeps its items in links of 57 and frees a link only when every reader
     # has passed all of it: pairing input with output blocks through tee held up to 57

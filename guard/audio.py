@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable, Iterator
@@ -292,7 +293,7 @@ def _write_first(
     """
     for subtype in subtypes:
         try:
-            f = sf.SoundFile(tmp, "w", sample_rate, channels, subtype, format=fmt)
+            f = sf.SoundFile(_native(tmp), "w", sample_rate, channels, subtype, format=fmt)
         except (sf.LibsndfileError, ValueError):
             continue
         frames = 0
@@ -347,6 +348,32 @@ def iter_audio_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield path
 
 
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
+
+
+def printable_name(text: str | os.PathLike[str]) -> str:
+    """A file name (or a message holding one) as valid Unicode that can be printed and written.
+
+    Linux file names are bytes; Python keeps a byte that is not UTF-8 as a lone surrogate
+    (``bad\\udcffname.wav``), which no UTF-8 writer accepts. Each such byte is shown as
+    ``\\xff``, so the name still says which file it is, and JSON and HTML stay valid UTF-8.
+    """
+    return _UNDECODABLE.sub(_escape_surrogate, os.fspath(text))
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that surrogateescape kept
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def _native(path: str | os.PathLike[str]) -> str | bytes:
+    """The path as libsndfile should get it: soundfile encodes a ``str`` strictly as UTF-8,
+    so a name with a byte that is not UTF-8 must go as the bytes the file system holds."""
+    return os.fspath(path) if os.name == "nt" else os.fsencode(path)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, read in chunks so large files cost no memory."""
     with open(path, "rb") as f:
@@ -363,7 +390,7 @@ def _open(path: Path, limits: Limits) -> Iterator[tuple[sf.SoundFile, AudioInfo]
     _check_size(path, limits)
     try:
         with _quiet(path, _may_be_mp3(path)):
-            f = sf.SoundFile(path)
+            f = sf.SoundFile(_native(path))
     except sf.SoundFileError as err:
         # libsndfile's own messages can mislead (an undecodable .mp3 "does not exist"), so
         # the user gets ours and --debug gets the chained original.

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from guard.audio import printable_name
 from guard.cli_policy import REPORT_COMMAND
 from guard.cli_scan import (
     build_guard,
@@ -37,7 +38,8 @@ from guard.report import write_report
     "report_path",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Where to write the self-contained HTML report.",
+    help="Where to write the self-contained HTML report; an existing file there must be an "
+    "earlier report.",
 )
 @guard_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report's summary as JSON.")
@@ -55,13 +57,13 @@ def audit_report(
     as_json: bool,
 ) -> None:
     """Scan folders (or files) and write an HTML report an auditor can hand on."""
-    check_report_path(report_path)
+    check_report_path(report_path, paths, keys, audit_log, audit_signing_key)
     guard = build_guard(policy, keys, audit_log, no_detector, public_backends, audit_signing_key)
     results = run_scan(paths, guard=guard, workers=workers, meta=meta, quiet=as_json)
     summary = report_summary(guard, results, paths, audit_log)
     write_report(report_path, results, summary)
     if as_json:
-        click.echo(json.dumps({**summary, "report": report_path}))
+        click.echo(json.dumps({**summary, "report": printable_name(report_path)}))
     else:
         for result in results:
             if "error" in result:
@@ -69,6 +71,6 @@ def audit_report(
         counts = ", ".join(f"{n} {a}" for a, n in summary["decisions"].items())
         click.echo(f"{summary['files']} file(s): {counts}; {summary['errors']} failed")
         if audit_log:
-            click.echo(f"audit log {audit_log}, head hash {summary['audit_log']['head_hash']}")
-        click.echo(f"wrote the report to {report_path}")
+            say(f"audit log {audit_log}, head hash {summary['audit_log']['head_hash']}")
+        say(f"wrote the report to {report_path}")
     sys.exit(exit_status(results, None))

@@ -166,21 +166,56 @@ def build_guard(
         raise click.ClickException(f"{exc}{hint}") from exc
 
 
-def check_report_path(report: str | None) -> None:
-    """Stop before scanning when the report could not be written at the end."""
-    problem = report_path_problem(report) if report else None
+def check_report_path(
+    report: str | None,
+    paths: Sequence[str] = (),
+    keys: Sequence[str] = (),
+    audit_log: str | None = None,
+    audit_signing_key: str | None = None,
+) -> None:
+    """Stop before scanning when the report could not be written at the end, or would
+    replace a file the scan reads or writes: an input (a file in a named folder included), a
+    key, the audit log or its signing key."""
+    if not report:
+        return
+    problem = report_path_problem(report, _files_in_use(paths, keys, audit_log, audit_signing_key))
     if problem:
         raise click.ClickException(problem)
 
 
+def _files_in_use(
+    paths: Sequence[str],
+    keys: Sequence[str],
+    audit_log: str | None,
+    audit_signing_key: str | None,
+) -> Iterator[tuple[str, str | Path]]:
+    """``(what, file)`` for every file a scan with these options reads or writes."""
+    if audit_log:
+        yield "the --audit-log", audit_log
+    if audit_signing_key:
+        yield "the --audit-signing-key", audit_signing_key
+    for key in keys:
+        yield "a --key file", key
+    for given in paths:
+        yield "one of the inputs", given
+        if Path(given).is_dir():
+            for found in audio_io.iter_audio_paths([given]):
+                yield f"an input in the folder {audio_io.printable_name(given)}", found
+
+
 def screen_one(guard: Guard, path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """One file's scan line: the verdict, or the reason it could not be screened."""
+    """One file's scan line: the verdict, or the reason it could not be screened.
+
+    Paths and messages are shown with :func:`guard.audio.printable_name`, so a file name that
+    is not UTF-8 reaches JSON, the terminal and the report with its odd bytes escaped.
+    """
+    shown = audio_io.printable_name
     try:
-        return guard.screen_file(path, meta).to_dict()
+        return {**guard.screen_file(path, meta).to_dict(), "path": shown(path)}
     except audio_io.AudioError as exc:
-        return {"path": str(path), "error": str(exc)}
+        return {"path": shown(path), "error": shown(str(exc))}
     except Exception as exc:  # noqa: BLE001 - one file's failure must not lose the others
-        return {"path": str(path), "error": f"{path}: {exc}"}
+        return {"path": shown(path), "error": shown(f"{path}: {exc}")}
 
 
 @contextmanager
@@ -326,7 +361,8 @@ def tally_line(results: Sequence[dict[str, Any]]) -> str:
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
-    help="Also write the auditor's HTML report (as `audit DIR --report`).",
+    help="Also write the auditor's HTML report (as `audit DIR --report`); an existing file "
+    "there must be an earlier report.",
 )
 @click.option(
     "--fail-on",
@@ -355,7 +391,7 @@ def scan(
     apply, the status is 1: a gate must not read "only a policy verdict" while a file went
     unscreened.
     """
-    check_report_path(report)
+    check_report_path(report, paths, keys, audit_log, audit_signing_key)
     guard = build_guard(policy, keys, audit_log, no_detector, public_backends, audit_signing_key)
 
     def emit(result: dict[str, Any]) -> None:
@@ -376,5 +412,5 @@ def scan(
     if not as_json:
         click.echo(tally_line(results), err=True)
         if report:
-            click.echo(f"wrote the report to {report}", err=True)
+            say(f"wrote the report to {report}", err=True)
     sys.exit(exit_status(results, fail_on))

@@ -16,12 +16,15 @@ from __future__ import annotations
 import datetime
 import html
 import os
+import secrets
 import shlex
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from guard.audio import printable_name
 from policies import ACTIONS
 
 """Policy actions from the mildest to the strictest."""
@@ -68,7 +71,7 @@ def summarize(
     generated = generated or datetime.datetime.now(datetime.UTC)
     return {
         "generated": generated.isoformat(timespec="seconds"),
-        "inputs": list(inputs),
+        "inputs": [printable_name(i) for i in inputs],
         "files": len(results),
         "screened": len(screened),
         "errors": len(results) - len(screened),
@@ -88,7 +91,9 @@ def summarize(
         "policy": versions.get("policy"),
         "model": versions.get("model"),
         "watermark_backends": list(versions.get("watermark_backends", [])),
-        "audit_log": {"path": audit_log, "head_hash": head_hash} if audit_log else None,
+        "audit_log": (
+            {"path": printable_name(audit_log), "head_hash": head_hash} if audit_log else None
+        ),
     }
 
 
@@ -140,33 +145,90 @@ def render_report(results: Sequence[dict[str, Any]], summary: dict[str, Any]) ->
     )
 
 
-def report_path_problem(path: str | Path) -> str | None:
+def report_path_problem(
+    path: str | Path, protected: Iterable[tuple[str, str | Path]] = ()
+) -> str | None:
     """Why no report can be written at ``path``, or None.
 
     Checked before the scan, so a mistyped folder costs a second rather than the whole scan.
+    ``protected`` are ``(what, file)`` pairs the report must never replace: the inputs, key
+    files, the audit log (which need not exist yet: the scan creates it). A path is the same
+    file as another when both name one inode (a symlink or hard link included). Any other
+    existing file is replaced only if it is a report this tool wrote (:func:`is_report`).
     """
     path = Path(path)
+    shown = printable_name(path)
     if path.is_dir():
-        return f"{path}: is a folder; give the report a file name"
+        return f"{shown}: is a folder; give the report a file name"
     folder = path.parent
     if not folder.is_dir():
-        return f"{path}: cannot write the report there, the folder {folder} does not exist"
+        return (
+            f"{shown}: cannot write the report there, "
+            f"the folder {printable_name(folder)} does not exist"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{path}: cannot write the report there, the folder {folder} is not writable"
+        return (
+            f"{shown}: cannot write the report there, "
+            f"the folder {printable_name(folder)} is not writable"
+        )
+    target = _identity(path)
+    for what, other in protected:
+        if _identity(Path(other)) == target:
+            return f"{shown}: is {what}; refusing to overwrite it with the report"
+    if os.path.lexists(path) and not is_report(path):
+        return (
+            f"{shown}: already exists and is not an audioguard report; refusing to overwrite it "
+            "(name a new file, or remove it first)"
+        )
     return None
 
 
-def write_report(path: str | Path, results: Sequence[dict[str, Any]], summary: dict) -> Path:
-    """Write the page next to where it will live, then rename, so no half page is left behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
+def is_report(path: str | Path) -> bool:
+    """Whether ``path`` is a page that :func:`write_report` wrote: it begins with the head
+    that every report begins with, byte for byte (a file that cannot be read is not one)."""
     try:
-        tmp.write_text(render_report(results, summary), encoding="utf-8")
+        with open(path, "rb") as f:
+            return f.read(len(_REPORT_HEAD)) == _REPORT_HEAD
+    except OSError:
+        return False
+
+
+def _identity(path: Path) -> tuple[object, ...]:
+    """The file ``path`` names: its device and inode where it exists, else where it would be."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return ("path", os.path.realpath(path))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def write_report(path: str | Path, results: Sequence[dict[str, Any]], summary: dict) -> Path:
+    """Write the page next to where it will live, then rename, so no half page is left behind.
+
+    An existing file at ``path`` that is not a report is refused again here, right before the
+    rename, in case one appeared while the scan ran.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not is_report(path):
+        raise OSError(
+            f"{printable_name(path)}: already exists and is not an audioguard report; "
+            "refusing to overwrite it"
+        )
+    page = render_report(results, summary)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        # Every value is escaped by _e; "backslashreplace" is only the last line of defence,
+        # so a name nobody thought of cannot lose a finished scan's report.
+        with open(tmp, "x", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(page)
         tmp.replace(path)
     except OSError as exc:  # name the report, not the temporary file beside it
-        raise OSError(f"{path}: cannot write the report ({exc.strerror or exc})") from exc
+        raise OSError(
+            f"{printable_name(path)}: cannot write the report ({exc.strerror or exc})"
+        ) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # in a folder we may not write, this fails too; keep the above
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -175,8 +237,9 @@ def write_report(path: str | Path, results: Sequence[dict[str, Any]], summary: d
 
 
 def _e(value: object) -> str:
-    """Escape anything for HTML text and quoted attributes alike."""
-    return html.escape(str(value), quote=True)
+    """Escape anything for HTML text and quoted attributes alike; a byte of a file name that
+    is not UTF-8 shows as ``\\xff``."""
+    return html.escape(printable_name(str(value)), quote=True)
 
 
 def _bin_edges() -> list[float]:
@@ -487,3 +550,7 @@ windows on separate lanes), detected watermarks below them. {legend}</p>
 </body>
 </html>
 """
+
+# What every report begins with, byte for byte: how an earlier report is told from a file
+# that --report must not replace.
+_REPORT_HEAD = _PAGE[: _PAGE.index("<style>")].encode("utf-8")

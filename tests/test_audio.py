@@ -446,3 +446,31 @@ def test_to_mono_reads_the_loudest_channel_when_the_channels_cancel():
     torch.testing.assert_close(audio.to_mono(antiphase), -x[None])
     stereo = torch.stack([x, torch.cos(torch.arange(1000) / 3.0)])
     assert torch.equal(audio.to_mono(stereo), stereo.mean(dim=0, keepdim=True))  # unchanged
+
+
+def odd_name(folder: Path, name: bytes) -> str:
+    """A path whose file name holds bytes that are not UTF-8, as Python sees it on Linux."""
+    return os.fsdecode(os.fsencode(folder) + b"/" + name)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_written_like_any_other(tmp_path):
+    # soundfile encodes a str path strictly as UTF-8: the name raised UnicodeEncodeError,
+    # which no caller expected, before a byte of the file was read.
+    source = odd_name(tmp_path, b"bad\xffname.wav")
+    sf.write(os.fsencode(source), signal(16000, 2), 16000, subtype="PCM_16")
+    info = audio.probe(source)
+    samples, loaded = audio.load(source)
+    assert (info.frames, info.channels, loaded.path) == (16000, 2, source)
+    assert torch.equal(torch.cat(list(audio.iter_blocks(source, 5000)), dim=1), samples)
+
+    target = odd_name(tmp_path, b"marked\xfe.flac")
+    written = audio.save(target, samples, 16000, like=loaded)
+    assert (written.format, written.subtype) == ("FLAC", "PCM_16")
+    assert torch.equal(audio.load(target)[0], samples)
+
+
+def test_printable_name_escapes_the_bytes_that_are_not_utf8():
+    assert audio.printable_name(os.fsdecode(b"nb/bad\xffname.wav")) == "nb/bad\\xffname.wav"
+    assert audio.printable_name(Path("nb/caf\u00e9.wav")) == "nb/caf\u00e9.wav"
+    assert audio.printable_name("lone\ud800") == "lone\\ud800"
+    assert audio.printable_name(os.fsdecode(b"x\xfe")).encode("utf-8") == b"x\\xfe"

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from guard.cli import cli
-from guard.report import render_report, summarize
+from guard.report import is_report, render_report, report_path_problem, summarize, write_report
 from policies import head_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,6 +135,66 @@ def _verdict(path, decision, p, segments=()):
         "sha256": "0" * 64,
         "duration": 2.0,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a report may be written
+
+
+def _report_at(path: Path) -> Path:
+    return write_report(path, [_verdict("a.wav", "allow", 0.1)], summarize([], VERSIONS))
+
+
+def test_report_path_refuses_each_file_the_scan_uses_also_through_links(tmp_path):
+    key, audio = tmp_path / "org.key", tmp_path / "in" / "x.wav"
+    audio.parent.mkdir()
+    key.write_bytes(b"secret")
+    audio.write_bytes(b"RIFF")
+    (tmp_path / "key.html").symlink_to(key)
+    os.link(audio, tmp_path / "hard.html")
+    log = tmp_path / "audit.jsonl"  # not there yet: the scan creates it, then the report ate it
+    protected = [("a --key file", key), ("one of the inputs", audio), ("the --audit-log", log)]
+    cases = {
+        key: "a --key file",
+        tmp_path / "key.html": "a --key file",
+        tmp_path / "hard.html": "one of the inputs",
+        tmp_path / "in" / ".." / "audit.jsonl": "the --audit-log",
+    }
+    for report, what in cases.items():
+        assert report_path_problem(report, protected) == (
+            f"{report}: is {what}; refusing to overwrite it with the report"
+        )
+    assert key.read_bytes() == b"secret" and audio.read_bytes() == b"RIFF"
+
+
+def test_report_path_replaces_only_an_earlier_report(tmp_path):
+    notes = tmp_path / "notes.html"
+    notes.write_text("<!DOCTYPE html><title>my notes</title>")
+    assert report_path_problem(notes) == (
+        f"{notes}: already exists and is not an audioguard report; refusing to overwrite it "
+        "(name a new file, or remove it first)"
+    )
+    earlier = _report_at(tmp_path / "earlier.html")
+    assert is_report(earlier) and not is_report(notes)
+    assert report_path_problem(earlier) is None
+    assert report_path_problem(tmp_path / "new.html") is None
+    _report_at(earlier)  # replacing an earlier report is fine
+    # A file that appeared while the scan ran is refused at the end too.
+    with pytest.raises(OSError, match="is not an audioguard report"):
+        _report_at(notes)
+    assert notes.read_text() == "<!DOCTYPE html><title>my notes</title>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.html", "notes.html"]
+
+
+def test_report_shows_a_name_that_is_not_utf8_with_the_byte_escaped(tmp_path):
+    # The page was written with strict UTF-8: a finished scan failed at the last step.
+    odd = os.fsdecode(b"nb/bad\xffname.wav")
+    summary = summarize([], VERSIONS, inputs=[odd], audit_log=os.fsdecode(b"log\xfe.jsonl"))
+    assert summary["inputs"] == ["nb/bad\\xffname.wav"]
+    json.dumps(summary, ensure_ascii=False).encode("utf-8")  # valid UTF-8 for `audit --json`
+    page = write_report(tmp_path / "r.html", [_verdict(odd, "allow", 0.2)], summary).read_bytes()
+    assert page.decode("utf-8").count("nb/bad\\xffname.wav") == 2  # the inputs and the row
+    assert "log\\xfe.jsonl" in page.decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,10 +37,8 @@ class SyntheticVoiceDetector:
     """A backbone plus a head, applied window by window."""
 
     def __init__(self, backbone: Backbone, head: LogisticHead, hop_fraction: float = 0.5) -> None:
-        if head.backbone != backbone.name:
-            raise DetectorError(
-                f"the head was fitted on backbone {head.backbone!r}, not {backbone.name!r}"
-            )
+        config = backbone.model.config
+        head.check_backbone(backbone.name, backbone.num_layers, int(config.hidden_size))
         self.backbone = backbone
         self.head = head
         self.hop_fraction = hop_fraction
@@ -65,14 +63,27 @@ class SyntheticVoiceDetector:
         windows, spans = voiced_windows(mono, size, self.hop_fraction, speech)
         if not spans:
             return DetectorResult(None, (), self.model_id, spoken)
-        logits = self.head.logits(self.embed_windows(windows))
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        with np.errstate(all="ignore"):
+            logits = self.head.logits(self.embed_windows(windows))
+        if np.isnan(logits).any():  # weights so extreme that they overflow; never a score
+            where = self.head.source or "the detector head"
+            raise DetectorError(f"{where}: its weights overflow and give no score (NaN)")
+        probabilities = _sigmoid(logits)
         segments = tuple(
             SegmentScore(start, end, float(p))
             for (start, end), p in zip(spans, probabilities, strict=True)
         )
-        file_probability = float(1.0 / (1.0 + math.exp(-float(np.mean(logits)))))
+        file_probability = float(_sigmoid(np.mean(logits)))
         return DetectorResult(file_probability, segments, self.model_id, spoken)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The probability of each logit, without overflow for any finite or infinite one."""
+    logits = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(
+            logits >= 0, 1.0 / (1.0 + np.exp(-logits)), np.exp(logits) / (1.0 + np.exp(logits))
+        )
 
 
 def voiced_windows(

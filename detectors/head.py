@@ -8,6 +8,7 @@ loaded without executing anything.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from detectors.backbone import POOLINGS
 from detectors.types import DetectorError
 
 HEAD_FORMAT = "audioguard-head-1"
@@ -38,6 +40,7 @@ class LogisticHead:
     intercept_: float = 0.0
     calibration_: tuple[float, float] = (1.0, 0.0)
     card: dict[str, object] = field(default_factory=dict)
+    source: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def fit(
         self,
@@ -102,6 +105,8 @@ class LogisticHead:
 
     @classmethod
     def load(cls, path: Path) -> LogisticHead:
+        """Read and check a head file: every problem is one sentence that names the file,
+        found here rather than as a shape error or a NaN score on the first audio file."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -109,25 +114,121 @@ class LogisticHead:
         if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
             raise DetectorError(f"{path}: not an audioguard detector head (format {HEAD_FORMAT})")
         try:
-            return cls._from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DetectorError(f"{path}: damaged detector head ({exc!r})") from exc
+            head = cls._from_dict(data)
+        except _Damaged as exc:
+            raise DetectorError(f"{path}: damaged detector head: {exc}") from None
+        head.source = str(path)
+        return head
 
     @classmethod
     def _from_dict(cls, data: dict) -> LogisticHead:
-        sizes = {k: np.asarray(data[k]).shape for k in ("mean", "scale", "coef")}
-        if len(set(sizes.values())) != 1 or len(sizes["coef"]) != 1:
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise _Damaged(f"missing {', '.join(repr(k) for k in missing)}")
+        backbone = data["backbone"]
+        if not isinstance(backbone, str) or not backbone.strip():
+            raise _Damaged('"backbone" must be the name of a backbone')
+        layers = data["layers"]
+        if (
+            not isinstance(layers, list)
+            or not layers
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+        ):
+            raise _Damaged(f'"layers" must be a non-empty list of layer numbers, got {layers!r}')
+        if min(layers) < 0:
+            raise _Damaged(f'"layers" must be 0 (the patch embedding) or more, got {layers}')
+        pooling = data["pooling"]
+        if pooling not in POOLINGS:
+            raise _Damaged(f"unknown pooling {pooling!r} (one of {', '.join(POOLINGS)})")
+        vectors = {k: _finite_vector(data[k], k) for k in ("mean", "scale", "coef")}
+        sizes = {k: len(v) for k, v in vectors.items()}
+        if len(set(sizes.values())) != 1:
             # Caught here, not as a matrix-shape error on the first file scored.
-            raise ValueError(f"mean, scale and coef must be vectors of one length, got {sizes}")
+            shown = ", ".join(f"{k} {n}" for k, n in sizes.items())
+            raise _Damaged(f"mean, scale and coef must have one length, got {shown}")
+        parts = len(layers) * len(_KINDS[pooling])
+        if sizes["coef"] % parts:
+            raise _Damaged(
+                f"{sizes['coef']} weights cannot be {len(layers)} layer(s) of {pooling} pooling"
+            )
+        if np.any(vectors["scale"] == 0):
+            raise _Damaged('"scale" must not be 0 (it divides every feature)')
+        calibration = data["calibration"]
+        if not isinstance(calibration, list) or len(calibration) != 2:
+            raise _Damaged(f'"calibration" must be [slope, offset], got {calibration!r}')
+        card = data.get("card", {})
+        if not isinstance(card, dict):
+            raise _Damaged('"card" must be a mapping')
         return cls(
-            backbone=data["backbone"],
-            layers=list(data["layers"]),
-            pooling=data["pooling"],
-            C=float(data["C"]),
-            mean_=np.asarray(data["mean"]),
-            scale_=np.asarray(data["scale"]),
-            coef_=np.asarray(data["coef"]),
-            intercept_=float(data["intercept"]),
-            calibration_=tuple(data["calibration"]),
-            card=data.get("card", {}),
+            backbone=backbone,
+            layers=list(layers),
+            pooling=pooling,
+            C=_finite(data["C"], "C"),
+            mean_=vectors["mean"],
+            scale_=vectors["scale"],
+            coef_=vectors["coef"],
+            intercept_=_finite(data["intercept"], "intercept"),
+            calibration_=(
+                _finite(calibration[0], "calibration"),
+                _finite(calibration[1], "calibration"),
+            ),
+            card=card,
         )
+
+    @property
+    def embedding_size(self) -> int | None:
+        """How many numbers the head reads per window (None before fitting)."""
+        return None if self.coef_ is None else len(self.coef_)
+
+    def check_backbone(self, name: str, num_layers: int, hidden_size: int) -> None:
+        """Raise :class:`DetectorError` (naming the head file when known) unless this head can
+        read the embeddings of that backbone: its name, depth and width."""
+        problem = None
+        if self.backbone != name:
+            problem = f"the head was fitted on backbone {self.backbone!r}, not {name!r}"
+        elif max(self.layers) > num_layers:
+            problem = (
+                f"layers {self.layers} go beyond backbone {name!r}, whose layers are "
+                f"0 (the patch embedding) to {num_layers}"
+            )
+        elif self.embedding_size is not None:
+            expected = len(self.layers) * len(_KINDS.get(self.pooling, ())) * hidden_size
+            if self.embedding_size != expected:
+                problem = (
+                    f"the head reads {self.embedding_size} numbers per window, but "
+                    f"{len(self.layers)} layer(s) of {self.pooling} pooling from backbone "
+                    f"{name!r} give {expected}"
+                )
+        if problem is not None:
+            where = f"{self.source}: " if self.source else ""
+            raise DetectorError(f"{where}{problem}")
+
+
+class _Damaged(ValueError):
+    """What is wrong with a head file's contents, in one clause."""
+
+
+_REQUIRED = ("backbone", "layers", "pooling", "C", "mean", "scale", "coef", "intercept")
+_REQUIRED += ("calibration",)
+# Which of a layer's two pooled vectors (patch mean, CLS) each pooling concatenates.
+_KINDS = {"mean": (0,), "cls": (1,), "mean+cls": (0, 1)}
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Damaged(f'"{name}" must be a finite number, got {value!r}')
+    return float(value)
+
+
+def _finite_vector(value: object, name: str) -> np.ndarray:
+    """A non-empty list of finite numbers as a float array."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+    ):
+        raise _Damaged(f'"{name}" must be a non-empty list of numbers')
+    array = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise _Damaged(f'"{name}" holds a number that is not finite (NaN or infinity)')
+    return array

@@ -3,7 +3,7 @@
 Conditions are Common Expression Language (``celpy``), never Python ``eval``: a policy file is
 data that anyone may hand us, and CEL cannot reach the filesystem or loop forever.
 
-Four things here go beyond what ``celpy`` does by itself:
+Several things here go beyond what ``celpy`` does by itself:
 
 - At compile time the parse tree is walked to find every fact a condition refers to (with
   macro variables such as ``w`` in ``watermarks.exists(w, w.detected)`` in scope), so a typo
@@ -12,8 +12,12 @@ Four things here go beyond what ``celpy`` does by itself:
 - ``celpy`` has no type checker, so compile time also works out the type a condition gives
   where the facts cannot change it, from the declared type of each fact: ``1 + 2``,
   ``synthetic_probability`` (a double) or ``watermarks.filter(...)`` is never true or false,
-  and a rule written that way would never fire. What the schema leaves open (``meta.flag``)
-  is left to run time.
+  and a rule written that way would never fire. An operator given operands of types it has
+  no overload for (``"a" * 3``, ``duration / 2``: celpy does not convert numbers) can never
+  evaluate, and is refused too. What the schema leaves open (``meta.flag``) is left to run time.
+- Run-time errors are told in CEL's words (``fact "meta.uploader" was not given``, ``'*' not
+  supported between string and int``), never as celpy's Python classes and reprs; ``&&``,
+  ``||`` and ``? :`` pass an error on as it is instead of wrapping it in another.
 - ``celpy`` evaluates by recursion, so a condition nested deeper than it can evaluate is
   refused when it compiles, not when the first input reaches it; facts nested too deeply are
   refused before they are converted.
@@ -26,6 +30,7 @@ Four things here go beyond what ``celpy`` does by itself:
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import numbers
 import re
@@ -145,9 +150,9 @@ class Condition:
             value = self._program.evaluate(dict(activation))
         except celpy.CELEvalError as exc:
             raise EvaluationError(_eval_message(exc)) from None
-        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+        except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as exc:
             # celpy lets a few host-language errors through (e.g. overflow in a conversion).
-            raise EvaluationError(str(exc) or type(exc).__name__) from None
+            raise EvaluationError(_readable(str(exc)) or type(exc).__name__) from None
         if isinstance(value, celpy.CELEvalError):
             raise EvaluationError(_eval_message(value))
         if not isinstance(value, celtypes.BoolType):
@@ -177,11 +182,15 @@ def compile_condition(source: str, known_facts: Sequence[str] = KNOWN_FACTS) -> 
     for path in paths:
         if path[0] not in known_facts and path[0] not in _CEL_TYPE_NAMES:
             raise ConditionError(unknown_fact_message(path[0], known_facts))
-    gives = _static_type(tree)
+    try:
+        gives = _static_type(tree)
+    except _NoOverload as exc:
+        raise ConditionError(f"this condition can never be evaluated: {exc}") from None
     if gives not in (None, "bool"):
         raise ConditionError(f"condition must give true or false, but this one gives {gives}")
     reads = tuple(dict.fromkeys(".".join(p) for p in paths if p[0] in known_facts))
-    return Condition(source=source, reads=reads, _program=_ENVIRONMENT.program(tree))
+    program = _ENVIRONMENT.program(tree, functions=_LOGICAL_FUNCTIONS)
+    return Condition(source=source, reads=reads, _program=program)
 
 
 def unknown_fact_message(name: str, known_facts: Sequence[str] = KNOWN_FACTS) -> str:
@@ -337,25 +346,41 @@ def _static_type(node: lark.Tree) -> str | None:
     None, so only a condition that can never be true or false is refused. A fact has its
     declared type; one that is null instead (no detector ran) is an error, never a bool
     either. Arithmetic never gives a bool in CEL, so it is named by its operator when its
-    operands' types are not both known.
+    operands' types are not both known. An operator whose operands' types are known and that
+    has no overload for any of them (``"a" * 3``, ``duration / 2``) raises :class:`_NoOverload`.
     """
     kind, children = node.data, node.children
     if kind in _PASS_THROUGH and len(children) == 1:
         return _static_type(children[0])
     if kind == "expr":  # condition ? then : else
+        _static_type(children[0])
         then, otherwise = _static_type(children[1]), _static_type(children[2])
         if None in (then, otherwise) or "bool" in (then, otherwise):
             return None
         return then if then == otherwise else f"{then} or {otherwise}"
-    if kind in ("conditionalor", "conditionaland", "relation"):
+    if kind in ("conditionalor", "conditionaland"):
+        for child in children:
+            _static_type(child)
+        return "bool"
+    if kind == "relation":  # [operator node holding the left side, right]
+        operator, right = children
+        _operator_types(_RELATIONS[operator.data], [operator.children[0], right])
         return "bool"
     if kind in ("addition", "multiplication"):  # [operator node holding the left side, right]
         operator, right = children
+        symbol = _ARITHMETIC[operator.data]
+        results = _operator_types(symbol, [operator.children[0], right])
+        if results is not None:
+            return " or ".join(results)
         operands = {_static_type(operator.children[0]), _static_type(right)}
-        return _arithmetic_type(_ARITHMETIC[operator.data], operands)
+        return _arithmetic_type(symbol, operands)
     if kind == "unary":  # [unary_not | unary_neg, operand]
         if children[0].data == "unary_not":
+            _operator_types("!", [children[1]])
             return "bool"
+        results = _operator_types("-", [children[1]])
+        if results is not None:
+            return " or ".join(results)
         return _arithmetic_type("-", {_static_type(children[1])})
     if kind == "literal":
         return _LITERAL_TYPES.get(children[0].type)
@@ -377,6 +402,88 @@ def _arithmetic_type(operator: str, operands: set[str | None]) -> str:
     return known.pop() if len(operands) == 1 and known else f"the result of {operator}"
 
 
+class _NoOverload(Exception):
+    """An operator applied to operands of types it is never defined for."""
+
+
+# A value of each scalar CEL type, to ask celpy whether an operator is defined for two types.
+# celpy has no type checker and its overloads follow Python's rather than CEL's (``2.0 > 1``
+# works, ``1 < 2.0`` and ``2.0 / 2`` do not), so the engine itself says what can evaluate.
+_SAMPLES: dict[str, Any] = {
+    "int": celtypes.IntType(2),
+    "uint": celtypes.UintType(2),
+    "double": celtypes.DoubleType(2.0),
+    "string": celtypes.StringType("a"),
+    "bytes": celtypes.BytesType(b"a"),
+    "bool": celtypes.BoolType(True),
+    "null": None,
+}
+_RELATIONS = {
+    "relation_lt": "<",
+    "relation_le": "<=",
+    "relation_gt": ">",
+    "relation_ge": ">=",
+    "relation_eq": "==",
+    "relation_ne": "!=",
+    "relation_in": "in",
+}
+_NUMBERS = frozenset({"int", "uint", "double"})
+
+
+def _operand_types(node: Any) -> tuple[str, ...] | None:
+    """The scalar types ``node`` can have, the likeliest first, or None where unknown.
+
+    A fact may also be null (a detector that did not run), so ``duration`` is double or null.
+    """
+    while isinstance(node, lark.Tree) and node.data in _PASS_THROUGH and len(node.children) == 1:
+        node = node.children[0]
+    if not isinstance(node, lark.Tree):
+        return None
+    if node.data == "ident" and str(node.children[0]) in FACT_TYPES:
+        declared = FACT_TYPES[str(node.children[0])]
+        return (declared, "null") if declared in _SAMPLES else None
+    gives = _static_type(node)
+    return (gives,) if gives in _SAMPLES else None
+
+
+def _operator_types(operator: str, operands: list[Any]) -> tuple[str, ...] | None:
+    """The types ``operator`` gives on these operands, None where an operand's type is unknown;
+    raises :class:`_NoOverload` when it is defined for none of their possible types."""
+    types = [_operand_types(operand) for operand in operands]
+    if any(t is None for t in types):
+        return None
+    combinations: list[tuple[str, ...]] = [()]
+    for options in types:
+        combinations = [(*combo, option) for combo in combinations for option in options]
+    results = [_operator_result(operator, combo) for combo in combinations]
+    if all(result is None for result in results):
+        raise _NoOverload(_not_supported(operator, combinations[0]))
+    return tuple(dict.fromkeys(r for r in results if r is not None))
+
+
+def _not_supported(operator: str, types: Sequence[str]) -> str:
+    if operator == "?:":
+        return f"the test before '?' must be true or false, not {types[0]}"
+    if len(types) == 1:
+        return f"'{operator}' not supported for {types[0]}"
+    message = f"'{operator}' not supported between {types[0]} and {types[1]}"
+    if len(set(types)) == 2 and set(types) <= _NUMBERS:
+        message += " (CEL does not convert numbers: write 2.0 for a double, or use double())"
+    return message
+
+
+@functools.cache
+def _operator_result(operator: str, types: tuple[str, ...]) -> str | None:
+    """What celpy gives ``operator`` on values of these scalar types: a CEL type, or None."""
+    text = f"{operator}a" if len(types) == 1 else f"a {operator} b"
+    program = _ENVIRONMENT.program(_ENVIRONMENT.compile(text), functions=_LOGICAL_FUNCTIONS)
+    try:
+        value = program.evaluate({n: _SAMPLES[t] for n, t in zip("ab", types, strict=False)})
+    except (celpy.CELEvalError, TypeError, ValueError, ArithmeticError):
+        return None
+    return None if isinstance(value, celpy.CELEvalError) else _cel_type_name(value)
+
+
 def _dotted(node: Any) -> tuple[str, ...] | None:
     """``a.b.c`` as ``("a", "b", "c")`` when the subtree is exactly that; otherwise None."""
     while isinstance(node, lark.Tree) and len(node.children) == 1 and node.data != "ident":
@@ -393,6 +500,11 @@ def _dotted(node: Any) -> tuple[str, ...] | None:
 
 _CEL_NAMES = {
     "NoneType": "null",
+    "bool": "bool",
+    "int": "int",
+    "float": "double",
+    "str": "string",
+    "bytes": "bytes",
     "BoolType": "bool",
     "IntType": "int",
     "UintType": "uint",
@@ -416,14 +528,95 @@ def _cel_type_name(value: Any) -> str:
 def _eval_message(exc: celpy.CELEvalError) -> str:
     """A short reason from celpy's error, whose first argument can embed the whole activation."""
     message, cause, cause_args = (list(exc.args) + [None, None, None])[:3]
-    if cause is KeyError and cause_args and "undeclared reference" in str(message):
-        return f'fact "{cause_args[0]}" was not given'
+    text = str(message)
+    missing = _UNDECLARED_RE.search(text)
+    if cause is KeyError and missing:
+        return f'fact "{missing.group(1)}" was not given'
+    overload = _OVERLOAD_RE.match(text)
+    if overload:
+        name = overload.group(1) or overload.group(2)
+        types = [_CEL_NAMES.get(t, t) for t in _CLASS_NAME_RE.findall(overload.group(3))]
+        operator = _OPERATOR_NAMES.get(name, name)
+        return _not_supported(operator, types)
+    reason = _REASONS.get(text)
+    if reason is not None:
+        return reason
+    if no_key := _NO_KEY_RE.match(text):
+        path = _dotted(exc.tree) if exc.tree is not None else None
+        if path is not None and path[0] in FACT_TYPES:
+            return f'fact "{".".join(path)}" was not given'
+        return f"no key {no_key.group(1)} in the map"
+    if text == "no such overload" and exc.token is not None:
+        types = _CLASS_NAME_RE.findall(str(cause_args))
+        on = f" for {_CEL_NAMES.get(types[0], types[0])}" if types else ""
+        return f"{exc.token}() not supported{on}"
     if cause is TypeError and cause_args:
-        message = str(cause_args[0])
-    message = str(message).split(" (in activation")[0]
-    # celpy names its Python classes ("<class 'celpy.celtypes.IntType'>", "'NoneType'",
-    # "IntType(3)"); a policy author thinks in CEL types and values.
-    message = _CLASS_RE.sub(
-        lambda m: _CEL_NAMES.get(name := m.group(1) or m.group(2), name), message
-    )
-    return _VALUE_RE.sub(r"\1", message)
+        text = str(cause_args[0])
+    return _readable(text.split(" (in activation")[0])
+
+
+def _readable(text: str) -> str:
+    """celpy names its Python classes ("<class 'celpy.celtypes.IntType'>", "'NoneType'",
+    "IntType(3)"); a policy author thinks in CEL types and values."""
+    text = _CLASS_RE.sub(lambda m: _CEL_NAMES.get(name := m.group(1) or m.group(2), name), text)
+    return _VALUE_RE.sub(r"\1", text)
+
+
+_UNDECLARED_RE = re.compile(r"undeclared reference to '(\w+)'")
+# "found no matching overload for Token('RULE', 'relation_ge') applied to '(<class ...>, ...)'"
+_OVERLOAD_RE = re.compile(
+    r"found no matching overload for (?:Token\('RULE', '(\w+)'\)|(\S+)) applied to '(.*)'$"
+)
+_CLASS_NAME_RE = re.compile(r"(?:<class '(?:[\w.]+\.)?|')(\w*Type)'")
+_OPERATOR_NAMES = {
+    **_ARITHMETIC,
+    **_RELATIONS,
+    "unary_neg": "-",
+    "unary_not": "!",
+    "_&&_": "&&",
+    "_||_": "||",
+    "_?_:_": "?:",
+}
+_REASONS = {
+    "modulus or divide by zero": "division by zero",
+    "return error for overflow": "a number is out of range",
+    "invalid_argument": "index out of range",
+    "match error": "matches() was given a pattern that is not a valid regular expression",
+}
+_NO_KEY_RE = re.compile(r"^no such member in mapping: ('.*')$")
+
+
+def _logical(operator: str, absorbing: bool) -> Any:
+    """CEL's commutative ``&&`` (absorbing false) or ``||`` (absorbing true): an error on one
+    side is ignored when the other side decides, and passed on as it is otherwise (celpy's own
+    raises on two errors, which hides both behind a repr)."""
+
+    def combine(x: Any, y: Any) -> Any:
+        for value in (x, y):
+            if isinstance(value, celtypes.BoolType) and bool(value) is absorbing:
+                return value
+        for value in (x, y):
+            if isinstance(value, celpy.CELEvalError):
+                return value
+        for value in (x, y):
+            if not isinstance(value, celtypes.BoolType):
+                raise TypeError(f"'{operator}' needs true or false, not {_cel_type_name(value)}")
+        return celtypes.BoolType(not absorbing)
+
+    return combine
+
+
+def _condition(test: Any, then: Any, otherwise: Any) -> Any:
+    """``test ? then : otherwise``, passing on an error in ``test`` as it is."""
+    if isinstance(test, celpy.CELEvalError):
+        return test
+    if not isinstance(test, celtypes.BoolType):
+        raise TypeError(f"'?:' needs true or false, not {_cel_type_name(test)}")
+    return then if test else otherwise
+
+
+_LOGICAL_FUNCTIONS = {
+    "_&&_": _logical("&&", absorbing=False),
+    "_||_": _logical("||", absorbing=True),
+    "_?_:_": _condition,
+}

@@ -13,7 +13,8 @@ rules:                    # first match wins
 ```
 
 Everything is checked when the file loads, so a policy that loads is one that can run: unknown
-keys, missing or duplicate rule ids, unknown actions, CEL syntax errors, and facts or message
+keys, missing or duplicate rule ids, unknown actions, a condition that is not a string, CEL
+syntax errors, operators on types they are not defined for, and facts or message
 placeholders that are not among :data:`KNOWN_FACTS`. Each problem names the file, the rule and
 what is wrong, and :class:`PolicyError` carries all of them at once.
 
@@ -364,6 +365,17 @@ def _read_facts(facts: Mapping[str, Any], paths: Sequence[str]) -> tuple[dict[st
     return reads, missing
 
 
+def _yaml_kind(value: Any) -> str:
+    """What a YAML value is, in a policy author's words."""
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 def _parse_rule(raw: Any, number: int, seen: dict[str, int]) -> tuple[Rule | None, list[str]]:
     """One rule, or None and the sentences that say what is wrong with it."""
     if not isinstance(raw, Mapping):
@@ -389,8 +401,13 @@ def _parse_rule(raw: Any, number: int, seen: dict[str, int]) -> tuple[Rule | Non
     if isinstance(when, bool):  # YAML reads an unquoted `when: true` as a boolean
         when = "true" if when else "false"
     condition = None
-    if not isinstance(when, str) or not when.strip():
+    if when is None or (isinstance(when, str) and not when.strip()):
         problems.append(f'{label}: missing "when" (a CEL expression)')
+    elif not isinstance(when, str):
+        problems.append(
+            f'{label}: "when" must be a CEL expression string, got {_yaml_kind(when)} '
+            f"({when!r}); quote it if it is meant as one"
+        )
     else:
         try:
             condition = compile_condition(when)

@@ -117,7 +117,7 @@ def test_head_round_trips_through_json(tmp_path: Path):
     data = json.loads((tmp_path / "head.json").read_text())
     data["coef"] = data["coef"][:3]  # used to fail as a matmul shape error on the first file
     (tmp_path / "short.json").write_text(json.dumps(data))
-    with pytest.raises(DetectorError, match=r"short\.json: damaged detector head .*one length"):
+    with pytest.raises(DetectorError, match=r"short\.json: damaged detector head: .*one length"):
         LogisticHead.load(tmp_path / "short.json")
 
 

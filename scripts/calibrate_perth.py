@@ -214,9 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         },
         "decision": {
             "p_threshold": threshold,
-            "rule": "a file is marked when Bonferroni-corrected p = stretches * p(best stretch) "
-            f"is below p_threshold; the smallest of {list(CANDIDATE_THRESHOLDS)} at which at "
-            f"least {MIN_DETECTION_RATE:.0%} of marked speech clips are found",
+            "rule": "a file is marked when perth_backend.file_p_value (stretches * p(best "
+            "stretch); from 16 stretches on, also a count of stretches at p <= STRETCH_LEVEL, "
+            "each test on half the level) is below p_threshold; the smallest of "
+            f"{list(CANDIDATE_THRESHOLDS)} at which at least {MIN_DETECTION_RATE:.0%} of marked "
+            "speech clips are found",
         },
     }
     report["decision"]["supports"] = supports_sentence(report, threshold)

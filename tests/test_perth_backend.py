@@ -185,3 +185,76 @@ def test_too_short_input_is_refused_with_a_sentence(backend):
 
     with pytest.raises(WatermarkError, match="at least"):
         backend.detect(torch.zeros(1, 100), 16_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long files: the file-level test must not lose power as marked audio gets longer, and must stay
+# honest (a p-value below t at most a share t of the time on unmarked audio of any length).
+
+
+def _stretches(scores: np.ndarray):
+    from watermark.backends.perth_backend import WindowScores
+
+    return WindowScores(np.arange(len(scores), dtype=np.float64), np.asarray(scores), 4.0)
+
+
+MARKED_STRETCH_SCORE = 1.0003
+"""A typical marked 4 s stretch (the median marked speech window in perth_calibration.json): its
+p-value on its own is about 4e-3, a Bonferroni over 13 or more stretches exceeds 0.05."""
+
+
+@pytest.mark.parametrize("minutes", [0.5, 1, 2, 5, 20])
+def test_a_file_marked_throughout_is_detected_at_any_length(backend, minutes):
+    from watermark.backends.perth_backend import scores_to_detection
+
+    m = int(minutes * 60) - 3
+    scores = np.full(m, MARKED_STRETCH_SCORE)
+    scores[::7] = 0.2  # a few stretches (pauses, a cough) carry too little of the mark
+    found = scores_to_detection(_stretches(scores), backend.null, 0.05, m + 3.0)
+    assert found.detected and found.p_value < 0.05
+    # the segments cover the file, not just the few stretches a Bonferroni would let through
+    assert sum(s.end - s.start for s in found.segments) >= 0.9 * (m + 3.0)
+
+
+def test_segments_of_a_long_file_cover_its_marked_minute_and_nothing_else(backend):
+    from watermark.backends.perth_backend import scores_to_detection
+
+    scores = np.zeros(117)  # a 2-minute file, unmarked but for 60 s in the middle
+    scores[30:87] = MARKED_STRETCH_SCORE
+    found = scores_to_detection(_stretches(scores), backend.null, 0.05, 120.0)
+    assert found.detected
+    assert [(s.start, s.end) for s in found.segments] == [(30.0, 90.0)]
+
+
+def _null_stretch_p_values(null, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Stretch p-values drawn from the calibrated null: one of its stored top 10% of stretch
+    scores, or (90% of the time) a score below them, which the null gives p = 1."""
+    tail_p = np.array([null.p_value(float(s)) for s in null.tail_scores])
+    top = rng.random(size) < len(null.tail_scores) / null.count
+    return np.where(top, rng.choice(tail_p, size), 1.0)
+
+
+@pytest.mark.parametrize("dependence", ["independent", "runs of 20 s", "one score throughout"])
+@pytest.mark.parametrize("m", [20, 117, 297])
+def test_file_p_values_stay_honest_on_null_stretches_however_they_depend(backend, dependence, m):
+    from watermark.backends.perth_backend import file_p_value
+
+    rng = np.random.default_rng(m)
+    run = {"independent": 1, "runs of 20 s": 20, "one score throughout": m}[dependence]
+    files = 4000
+    draws = _null_stretch_p_values(backend.null, rng, files * -(-m // run))
+    stretch_p = np.repeat(draws.reshape(files, -1), run, axis=1)[:, :m]
+    p_values = np.array([file_p_value(row)[0] for row in stretch_p])
+    for t in (0.05, 0.01):
+        # at most t in expectation; 4 binomial standard deviations of slack
+        assert np.mean(p_values < t) <= t + 4 * np.sqrt(t * (1 - t) / files), t
+
+
+def test_a_long_marked_recording_embeds_verifies_and_is_found_throughout(backend):
+    audio, rate = _read(SPEECH_16K)
+    long = audio.repeat(1, 16)  # 83 s of speech; the old Bonferroni read it back at p 0.06
+    result = backend.embed(long, rate, payload=None)  # verifies by reading the mark back
+    found = result.verification
+    seconds = long.shape[1] / rate
+    assert found.detected and found.p_value < 0.05
+    assert sum(s.end - s.start for s in found.segments) >= 0.8 * seconds

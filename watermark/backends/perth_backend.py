@@ -22,14 +22,21 @@ What this module adds:
   silent channel stays silent); detection runs on the mono mix, one test per file (where
   the channels cancel in antiphase, on the loudest channel instead: :mod:`watermark.channels`).
 - Time resolution: Perth scores a whole excerpt, so detection slides a 2 s window with a 1 s
-  hop, and each test takes the median of 3 consecutive windows (4 s); tests that pass become
-  the segments. The median is there because tonal music often makes one window score as
-  high as marked audio, but seldom three in a row.
-- Honest p-values: a test's p-value is the fraction of unmarked 4 s stretches (speech,
+  hop, and each test takes the median of 3 consecutive windows (4 s); stretches that pass on
+  their own become the segments. The median is there because tonal music often makes one
+  window score as high as marked audio, but seldom three in a row.
+- Honest p-values: a stretch's p-value is the fraction of unmarked 4 s stretches (speech,
   music, effects, noise; see ``perth_calibration.json`` and ``scripts/calibrate_perth.py``)
   that score at least as high, with a conservative exponential tail beyond the data. A
-  file's p-value is the best test's times the number of tests (Bonferroni), so it stays
-  honest for long files.
+  file's p-value (``file_p_value``) is the best stretch's times the number of stretches
+  (Bonferroni, for a short mark); from 16 stretches (about 19 s) on, it is the smaller of
+  that and a count test for a long mark, each on half the level. The count test uses the
+  share of stretches that pass ``STRETCH_LEVEL``, whose tail Markov's inequality bounds
+  whatever the stretches' dependence. Both stay valid at any length (the
+  chance that unmarked audio gets a p-value below ``t`` is at most ``t``), and a file marked
+  throughout keeps a p-value of about 0.02 however long it is, where Bonferroni alone lost
+  it past about 100 s. Segments are the stretches that pass ``STRETCH_LEVEL`` on their own, a
+  level that does not tighten as the file grows.
 - Pure tones: PerthNet's decoder scores DC, a sine or a sweep like marked audio, so a window
   with nearly all its energy in one partial is scored unmarked (``TONE_SHARE``).
 - Long inputs are processed in chunks, so memory does not grow with duration.
@@ -344,23 +351,92 @@ class NullModel:
         return (above + 1) / (self.count + 1)
 
 
+STRETCH_LEVEL = 0.01
+"""Per-stretch p-value at which a 4 s stretch counts as carrying the mark, in the count test of
+``file_p_value`` and for segments; the same at every length. Unmarked stretches reach it at
+most 1% of the time (that is how the calibration's p-values are built: scores of about 0.97 and
+up); of marked stretches, 93-100% of speech and effects and 75-90% of music do (they score
+about 1.0, p 5e-4 to 5e-3). 0.005 would give marked files slightly smaller p-values, but it
+sits just under the p of a score of 1.0, so any edit that lowered the score a little would
+drop marked stretches out of the count."""
+COUNT_MIN_STRETCHES = 16
+"""Inputs with fewer stretches than this (shorter than about 19 s) get the short-mark test
+alone. There the count test could not help: its p-value is at least ``STRETCH_LEVEL`` over its
+share of the level (0.02), which Bonferroni over fewer than 16 marked stretches (p about
+7.5e-4 at best) already matches, and splitting the level would cost short clips power."""
+SHORT_MARK_SHARE = 0.5
+"""Share of the level given to the short-mark (Bonferroni) test when both tests run; the count
+test gets the rest. At 0.5 the count test flags a file at p < 0.05 once 40% of its stretches
+pass ``STRETCH_LEVEL``: a file marked throughout (75-100% pass) gets p 0.02-0.027 at any
+length, and a 5-minute file needs about 45% of it marked. A smaller share would find files
+marked over less of their length, but at 0.3 the two bundled tonal music clips that Perth
+already flags at 7-8 s (30 of their stretches in 100 pass) were flagged looped to 2 minutes
+too (p 0.049 and 0.058), which Bonferroni alone never did; at 0.5 they read p 0.068 and 0.081."""
+
+
+def file_p_value(stretch_p: np.ndarray) -> tuple[float, float, float]:
+    """A file's p-value from its stretches' p-values: ``(file, short_mark, count)``.
+
+    Two tests, both valid under *any* dependence between stretches (they overlap, and a piece
+    of music scores alike from one stretch to the next, so independence cannot be assumed):
+
+    - short mark: ``m * min(p)`` over the ``m`` stretches (Bonferroni). It finds a mark a few
+      seconds long, but since one stretch's p-value has a floor (about 5e-4 for marked audio,
+      from the finite null), it grows with ``m`` and misses whole files past about 100 s.
+    - long mark: with ``k`` of the ``m`` stretches at ``p <= STRETCH_LEVEL``, ``p = m * level /
+      k``. Under the null each stretch passes with chance at most ``level``, so the expected
+      count is at most ``m * level`` and Markov's inequality gives ``P(count >= k) <= m * level
+      / k`` whatever the dependence. A file marked throughout has ``k`` close to ``m``, so its
+      p-value stays near ``level`` at any length. (Independence would allow far smaller
+      p-values, but a long piece of tonal music would then be a near-certain false alarm.)
+
+    From ``COUNT_MIN_STRETCHES`` stretches on, the file's p-value is the smaller of the two,
+    each divided by the share of the level it was given (``SHORT_MARK_SHARE`` and the rest: a
+    weighted Bonferroni over the two tests, so it stays valid); below that, the short-mark
+    test alone, as before. A long mark's p-value is therefore never below twice
+    ``STRETCH_LEVEL``, so policies at p < 0.001 never act on Perth alone: a hint, not proof.
+    """
+    m = len(stretch_p)
+    short_mark = min(1.0, m * float(np.min(stretch_p)))
+    if m < COUNT_MIN_STRETCHES:
+        return short_mark, short_mark, 1.0
+    passing = int(np.count_nonzero(stretch_p <= STRETCH_LEVEL))
+    count = min(1.0, m * STRETCH_LEVEL / passing) if passing else 1.0
+    combined = min(short_mark / SHORT_MARK_SHARE, count / (1.0 - SHORT_MARK_SHARE))
+    return min(1.0, combined), short_mark, count
+
+
 def scores_to_detection(
     stretches: WindowScores, null: NullModel, threshold: float, duration: float
 ) -> Detection:
-    """Turn stretch scores into a file-level answer with Bonferroni-corrected p-values."""
-    count = len(stretches.scores)
-    corrected = np.array([min(1.0, count * null.p_value(float(s))) for s in stretches.scores])
-    best = int(np.argmin(corrected))
-    passing = corrected < threshold
-    segments = _merge(stretches.starts[passing], stretches.length, duration)
+    """Turn stretch scores into a file-level answer (``file_p_value``) and its segments.
+
+    The segments of a detected file are the stretches that carry the mark on their own
+    evidence: ``p <= STRETCH_LEVEL``, a level that does not tighten as the file grows, or
+    a pass of the short-mark test by themselves (what decides a short clip).
+    """
+    stretch_p = np.array([null.p_value(float(s)) for s in stretches.scores])
+    m = len(stretch_p)
+    p_value, short_mark, count = file_p_value(stretch_p)
+    detected = p_value < threshold
+    share = 1.0 if m < COUNT_MIN_STRETCHES else SHORT_MARK_SHARE
+    level = max(STRETCH_LEVEL, np.nextafter(share * threshold / m, 0.0))
+    passing = (stretch_p <= level) if detected else np.zeros(m, dtype=bool)
+    best = int(np.argmin(stretch_p))
     return Detection(
         backend=PerthBackend.name,
-        detected=bool(passing.any()),
-        p_value=float(corrected[best]),
+        detected=bool(detected),
+        p_value=float(p_value),
         payload=None,
-        segments=segments,
+        segments=_merge(stretches.starts[passing], stretches.length, duration),
         score=float(stretches.scores[best]),
-        details={"stretches": float(count), "p_threshold": threshold},
+        details={
+            "stretches": float(m),
+            "stretches_at_level": float(np.count_nonzero(stretch_p <= STRETCH_LEVEL)),
+            "p_short_mark": short_mark,
+            "p_count": count,
+            "p_threshold": threshold,
+        },
     )
 
 

@@ -204,8 +204,9 @@ def save(
     when that format has it, and the format itself when the extension is unknown. Codecs
     accept fewer rates and channel counts than the files that may have come in (Opus:
     8/12/16/24/48 kHz; MP3: 8 to 48 kHz and at most two channels), so when the preferred
-    subtype cannot be written we fall back to the format's default (Opus becomes Vorbis,
-    both in OGG) and raise only when the format cannot hold this audio at all. The file is
+    subtype cannot be written we fall back to the format's default, and raise only when the
+    format cannot hold this audio at all. ``.opus`` names its codec, so it never falls back
+    to Vorbis (a file called .opus that holds Vorbis is refused by Opus-only players). The file is
     written under a temporary name and renamed, so a failed write never leaves a
     half-written file or clobbers an existing one. Returns what was written.
     """
@@ -232,9 +233,7 @@ def save_blocks(
         finite = (_finite_block(path, block) for block in blocks)
         written = _write_first(tmp, finite, sample_rate, channels, fmt, subtypes)
         if written is None:
-            raise AudioError(
-                path, f"{fmt} cannot be written at {sample_rate} Hz with {channels} channel(s)"
-            )
+            raise AudioError(path, _cannot_write(fmt, subtypes, sample_rate, channels))
         os.replace(tmp, path)
     except (OSError, sf.LibsndfileError) as err:
         raise AudioError(path, f"could not be written ({_reason(err)})") from err
@@ -245,6 +244,16 @@ def save_blocks(
             tmp.unlink(missing_ok=True)
     subtype, frames = written
     return AudioInfo(str(path), sample_rate, channels, frames, fmt, subtype)
+
+
+def _cannot_write(fmt: str, subtypes: list[str], sample_rate: int, channels: int) -> str:
+    what = f"{fmt} cannot be written at {sample_rate} Hz with {channels} channel(s)"
+    if subtypes == ["OPUS"]:
+        what = (
+            f"Opus cannot be written at {sample_rate} Hz with {channels} channel(s) (it takes "
+            "8, 12, 16, 24 or 48 kHz); name the target .ogg for Ogg Vorbis at this rate"
+        )
+    return what
 
 
 def _finite_block(path: Path, block: torch.Tensor) -> torch.Tensor:
@@ -271,9 +280,11 @@ def _output_choices(path: Path, like: AudioInfo | None) -> tuple[str, list[str]]
         known = ", ".join(sorted(_FORMAT_BY_EXTENSION))
         what = f"cannot write {extension} files" if extension else "has no extension"
         raise AudioError(path, f"{what}; use one of {known}")
+    if extension in _SUBTYPE_BY_EXTENSION:  # the name promises this codec: no fallback
+        return fmt, [_SUBTYPE_BY_EXTENSION[extension]]
     fallback = sf.default_subtype(fmt)
-    preferred = _SUBTYPE_BY_EXTENSION.get(extension, fallback)
-    if like is not None and extension not in _SUBTYPE_BY_EXTENSION:
+    preferred = fallback
+    if like is not None:
         preferred = like.subtype if sf.check_format(fmt, like.subtype) else fallback
     return fmt, [preferred] if preferred == fallback else [preferred, fallback]
 

@@ -142,9 +142,9 @@ def test_explain_json_reads_facts_from_a_file(run, tmp_path, form):
     result = json.loads(out.stdout)
     assert result["action"] == "block"
     assert result["matched_rules"] == ["undisclosed-synthetic-voice"]
-    assert len(result["trace"]) == 7
+    assert len(result["trace"]) == 8
     assert result["trace"][1]["reads"]["synthetic_probability"] == 0.9312
-    assert result["policy"] == {"name": "audit-strict", "version": 1}
+    assert result["policy"] == {"name": "audit-strict", "version": 2}
     assert result["unknown_facts"] == ["extra"]
 
 

@@ -9,6 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+import torchaudio
 from click.testing import CliRunner
 
 from guard.cli import cli
@@ -280,19 +282,19 @@ def test_a_file_name_cannot_forge_a_result_line(tmp_path, uploads):
     assert str(folder / forged) in json_paths  # JSON keeps the real name
 
 
-def test_a_keyed_check_that_could_not_run_is_said_not_no_marks(tmp_path, uploads):
-    # A 6 kHz upload cannot be checked for the keyed mark (it needs 8 kHz); the line said
+def test_a_watermark_check_that_could_not_run_is_said_not_no_marks(tmp_path):
+    # AudioSeal cannot judge half a second (its null is of 1 s windows); the line said
     # "no marks" as if it had been checked and found clean.
-    low = tmp_path / "low.wav"
-    t = np.arange(6000 * 3) / 6000
-    sf.write(low, 0.3 * np.sin(2 * np.pi * 220 * t), 6000)
-    args = [low, "--key", uploads["key"], "--no-detector", *FAST]
+    short = tmp_path / "short.wav"
+    t = np.arange(8000) / 16000
+    sf.write(short, 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    args = [short, "--no-detector", "--public-backends", "audioseal"]
 
     text = invoke("scan", *args)
     as_json = invoke("scan", *args, "--json")
 
     (line,) = text.stdout.splitlines()
-    assert "keyed:org not checked (" in line and "at least 8000 Hz, got 6000 Hz" in line
+    assert "audioseal not checked (" in line and "needs at least 1 s" in line
     assert "no marks;" not in line and not line.endswith("no marks")
     assert "1 with a watermark check that could not run" in text.stderr
     # The file was screened (the policy decided on what could be checked): the exit status
@@ -300,8 +302,25 @@ def test_a_keyed_check_that_could_not_run_is_said_not_no_marks(tmp_path, uploads
     assert text.exit_code == as_json.exit_code == 0
     (scanned,) = json_lines(as_json.stdout)
     assert scanned["decision"] == "allow"
+    (finding,) = scanned["watermarks"]
+    assert finding["backend"] == "audioseal" and not finding["detected"]
+    assert "1 s" in finding["error"]
+
+
+def test_a_marked_file_resampled_just_under_8_khz_is_still_read(tmp_path, uploads):
+    # Detection refused rates under 8 kHz, so resampling a marked upload to 7.9 kHz hid the
+    # keyed mark from scan (allow, "not checked") although the mark survives it.
+    data, rate = sf.read(uploads["marked"], dtype="float32")
+    low = tmp_path / "low.wav"
+    low_rate = torchaudio.functional.resample(torch.from_numpy(data.T.copy()), rate, 7900)
+    sf.write(low, low_rate.T.numpy(), 7900)
+
+    result = invoke("scan", low, "--key", uploads["key"], "--no-detector", *FAST, "--json")
+
+    (scanned,) = json_lines(result.stdout)
     (keyed,) = scanned["watermarks"]
-    assert keyed["key_id"] == "org" and not keyed["detected"] and "6000 Hz" in keyed["error"]
+    assert keyed["detected"] and keyed["payload"] == MARKED_PAYLOAD and "error" not in keyed
+    assert scanned["decision"] == "label"
 
 
 def test_human_line_names_every_check_that_did_not_run_beside_the_marks_found():

@@ -125,6 +125,8 @@ def test_audit_strict_reviews_what_it_cannot_check():
     assert policy.decide(music).action == "allow"
     perth_hint = facts(watermarks=[{"backend": "perth", "detected": True, "p_value": 0.03}])
     assert policy.decide(perth_hint).matched_rules == ["public-watermark-hint"]
+    unchecked = {"backend": "audioseal", "detected": False, "p_value": 1.0, "error": "too short"}
+    assert policy.decide(facts(watermarks=[unchecked])).matched_rules == ["watermark-check-failed"]
     missing_duration = facts()
     del missing_duration["duration"]
     decision = policy.decide(missing_duration)

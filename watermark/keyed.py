@@ -22,6 +22,12 @@ from watermark.types import DEFAULT_P_THRESHOLD, Detection, EmbedResult, Segment
 from watermark.types import snr_db as measure_snr
 
 MIN_RATE = 8000
+MIN_DETECT_RATE = 4000
+"""Detection reads any rate down to this: the mark is computed at 8 kHz, but a copy resampled
+a little lower (7.9 kHz) keeps nearly all of its band, and refusing it made resampling just
+under 8 kHz a one-command way to strip a label. Lower rates lose the top of the band, and the
+mark with it only gradually (a sample resampled to 4 kHz still read at p 1e-12); the p-value
+stays a bound, since the key's signs owe nothing to the audio."""
 PINELIS = 2 * math.e**3 / 9  # constant of the Gaussian-tail bound for Rademacher sums
 EMBED_CHUNK_SECONDS = 60  # a multiple of 2 s keeps chunks on the frame grid
 EMBED_CONTEXT_SECONDS = 2
@@ -166,10 +172,11 @@ class KeyedBackend:
                 f"it needs at least {minimum:g} s (one period of the mark's pattern)"
             )
 
-    def _check_rate(self, sample_rate: int) -> None:
-        if sample_rate < MIN_RATE:
+    def _check_rate(self, sample_rate: int, minimum: int = MIN_RATE) -> None:
+        if sample_rate < minimum:
+            what = "embedding" if minimum == MIN_RATE else "detection"
             raise WatermarkError(
-                f"the keyed watermark needs a sample rate of at least {MIN_RATE} Hz, "
+                f"keyed watermark {what} needs a sample rate of at least {minimum} Hz, "
                 f"got {sample_rate} Hz"
             )
 
@@ -446,7 +453,7 @@ class KeyedBackend:
     # -- detection -------------------------------------------------------------------------
 
     def detect(self, audio: torch.Tensor, sample_rate: int) -> Detection:
-        self._check_rate(sample_rate)
+        self._check_rate(sample_rate, MIN_DETECT_RATE)
         rate = self.params.rate
         mono = resample(channels.mix_down(audio), sample_rate, rate)
         spans = _detector_windows(mono.shape[0], rate)

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from guard.audio import printable_name
 from guard.guard import JsonNumberError, loads_strict
 from policies import (
     KNOWN_FACTS,
@@ -52,13 +53,16 @@ def check(files: tuple[str, ...], as_json: bool) -> None:
         except PolicyError as exc:
             failed = True
             if as_json:
-                click.echo(json.dumps({"path": file, "error": str(exc), "problems": exc.problems}))
+                # a name that is not UTF-8 must not put a lone surrogate into the JSON
+                problems = [printable_name(p) for p in exc.problems]
+                found = {"path": printable_name(file), "error": printable_name(str(exc))}
+                click.echo(json.dumps({**found, "problems": problems}))
             else:
                 for problem in exc.problems:
                     click.echo(f"error: {problem}", err=True)
             continue
         if as_json:
-            click.echo(json.dumps(_summary(file, loaded)))
+            click.echo(json.dumps(_summary(printable_name(file), loaded)))
         else:
             click.echo(
                 f"{file}: ok ({loaded.name} v{loaded.version}: {len(loaded.rules)} rules, "
@@ -276,7 +280,7 @@ def verify(log: str, public_key: str | None, anchor: str | None, as_json: bool) 
     key = load_public_key(public_key) if public_key else None
     result = verify_log(log, key, anchor=anchor)
     if as_json:
-        click.echo(json.dumps({"path": log, **result.to_dict()}))
+        click.echo(json.dumps({"path": printable_name(log), **result.to_dict()}))
     elif result.ok:
         signed = "every record signed by the given key" if key else "signatures not checked"
         repairs = f", {result.repairs} torn-record repair(s)" if result.repairs else ""

@@ -146,8 +146,8 @@ def _embed_file(
         check = _read_back(mark, target, written, result.verification.payload)
         marked_seconds, snr = result.marked_seconds, result.snr_db
     return {
-        "path": target,
-        "source": source,
+        "path": audio_io.printable_name(target),
+        "source": audio_io.printable_name(source),
         "backend": backend,
         # The streamed mark is tallied in whole frames, and the last may reach past the end.
         "marked_seconds": round(min(marked_seconds, info.duration), 2),

@@ -304,9 +304,12 @@ def test_embed_fails_loudly_when_the_mark_cannot_be_read_back(backend, monkeypat
         backend.embed(0.1 * noise, rate, "01234567")
 
 
-def test_rates_below_8k_refused(backend):
-    with pytest.raises(WatermarkError, match="8000 Hz"):
-        backend.detect(torch.zeros(1, 6000), 6000)
+def test_embedding_needs_8k_and_detection_4k(backend):
+    with pytest.raises(WatermarkError, match="embedding needs .* at least 8000 Hz, got 7999"):
+        backend.embed(torch.zeros(1, 3 * 7999), 7999, "beef")
+    with pytest.raises(WatermarkError, match="detection needs .* at least 4000 Hz, got 3999"):
+        backend.detect(torch.zeros(1, 3 * 3999), 3999)
+    assert not backend.detect(torch.zeros(1, 3 * 6000), 6000).detected
 
 
 @pytest.mark.parametrize(

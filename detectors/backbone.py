@@ -20,7 +20,9 @@ from detectors.types import DetectorError
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 COMPACT_NAME = "compact-ast"
-POOLINGS = ("mean", "cls", "mean+cls")
+POOLED_KINDS = {"mean": (0,), "cls": (1,), "mean+cls": (0, 1)}
+"""Which of a layer's two pooled vectors (patch mean 0, CLS 1) each pooling concatenates."""
+POOLINGS = tuple(POOLED_KINDS)
 
 
 def compact_config(max_length: int = 300) -> ASTConfig:
@@ -109,7 +111,7 @@ def pool_all(hidden: tuple[torch.Tensor, ...]) -> np.ndarray:
 
 def select(pools: np.ndarray, layers: list[int], pooling: str) -> np.ndarray:
     """The embedding :func:`pool` would give, cut out of :func:`pool_all`'s output."""
-    kinds = {"mean": [0], "cls": [1], "mean+cls": [0, 1]}[pooling]
+    kinds = POOLED_KINDS[pooling]
     return np.concatenate([pools[:, layer, kind] for layer in layers for kind in kinds], axis=1)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from detectors.backbone import POOLINGS
+from detectors.backbone import POOLED_KINDS, POOLINGS
 from detectors.types import DetectorError
 
 HEAD_FORMAT = "audioguard-head-1"
@@ -146,7 +146,7 @@ class LogisticHead:
             # Caught here, not as a matrix-shape error on the first file scored.
             shown = ", ".join(f"{k} {n}" for k, n in sizes.items())
             raise _Damaged(f"mean, scale and coef must have one length, got {shown}")
-        parts = len(layers) * len(_KINDS[pooling])
+        parts = len(layers) * len(POOLED_KINDS[pooling])
         if sizes["coef"] % parts:
             raise _Damaged(
                 f"{sizes['coef']} weights cannot be {len(layers)} layer(s) of {pooling} pooling"
@@ -192,7 +192,7 @@ class LogisticHead:
                 f"0 (the patch embedding) to {num_layers}"
             )
         elif self.embedding_size is not None:
-            expected = len(self.layers) * len(_KINDS.get(self.pooling, ())) * hidden_size
+            expected = len(self.layers) * len(POOLED_KINDS.get(self.pooling, ())) * hidden_size
             if self.embedding_size != expected:
                 problem = (
                     f"the head reads {self.embedding_size} numbers per window, but "
@@ -208,10 +208,17 @@ class _Damaged(ValueError):
     """What is wrong with a head file's contents, in one clause."""
 
 
-_REQUIRED = ("backbone", "layers", "pooling", "C", "mean", "scale", "coef", "intercept")
-_REQUIRED += ("calibration",)
-# Which of a layer's two pooled vectors (patch mean, CLS) each pooling concatenates.
-_KINDS = {"mean": (0,), "cls": (1,), "mean+cls": (0, 1)}
+_REQUIRED = (
+    "backbone",
+    "layers",
+    "pooling",
+    "C",
+    "mean",
+    "scale",
+    "coef",
+    "intercept",
+    "calibration",
+)
 
 
 def _finite(value: object, name: str) -> float:

@@ -141,6 +141,16 @@ def test_digital_silence_stays_silent(backend, speech):
     assert torch.count_nonzero(marked[:, : rate - 160]) == 0
 
 
+def test_a_gap_silent_but_for_a_dc_offset_gets_no_hiss(backend, speech):
+    """The mark follows the host's envelope; an inaudible offset must not count as one."""
+    audio, rate = speech
+    offset = 0.02
+    padded = torch.cat([audio, torch.zeros(1, 2 * rate), audio], dim=1) + offset
+    result = backend.embed(padded, rate, "abcd")
+    gap = result.audio[:, audio.shape[1] + rate // 4 : audio.shape[1] + 7 * rate // 4]
+    assert (gap - offset).abs().max() < 1e-6  # was a hiss at -54 dBFS
+
+
 def test_missing_official_weights_name_the_file(tmp_path):
     with pytest.raises(WatermarkError) as error:
         AudioSealBackend(weights=tmp_path)

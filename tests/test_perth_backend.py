@@ -180,6 +180,17 @@ def test_marked_audio_differs_from_the_host_only_slightly(marked_speech):
     assert not torch.equal(result.audio, audio)
 
 
+def test_a_gap_silent_but_for_a_dc_offset_is_left_alone(backend):
+    """PerthNet marks every frame it finds loud; an inaudible offset must not make it so."""
+    speech, rate = _read(SPEECH_16K_OTHER)
+    offset = 0.02
+    audio = torch.cat([speech, torch.zeros(1, 2 * rate), speech], dim=1) + offset
+    result = backend.embed(audio, rate, payload=None)
+    gap = result.audio[:, speech.shape[1] + rate // 4 : speech.shape[1] + 7 * rate // 4]
+    assert (gap - offset).abs().max() < 1e-6  # was PerthNet's residual at -47 dBFS
+    assert result.marked_seconds < 2 * speech.shape[1] / rate + 0.5
+
+
 def test_too_short_input_is_refused_with_a_sentence(backend):
     from watermark.types import WatermarkError
 

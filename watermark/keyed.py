@@ -248,10 +248,10 @@ class KeyedBackend:
         frames_per_second = rate / self.params.hop
         host = buffer[:, lo - origin : hi - origin]
         first_frame = round(lo / sample_rate * frames_per_second)
-        # White noise STRESS_NOISE_DB below the host, as much of it as lands below 4 kHz.
-        noise_power = float(channels.mix_down(host).double().square().mean()) * min(
-            1.0, rate / sample_rate
-        )
+        # White noise STRESS_NOISE_DB below the host (less its offset), as much of it as lands
+        # below 4 kHz.
+        mono = channels.mix_down(host).double()
+        noise_power = float((mono - mono.mean()).square().mean()) * min(1.0, rate / sample_rate)
         noise_power *= 10 ** (-STRESS_NOISE_DB / 10)
         codec_db = WIDE_CODEC_NOISE_DB if sample_rate > 16000 else CODEC_NOISE_DB
         part, active = self._reinforced_delta(

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from watermark import coding
+from watermark.offset import without_offset
 
 
 @dataclass(frozen=True)
@@ -223,9 +224,10 @@ def plan_mark(x: torch.Tensor, first_frame: int, params: KeyedParams) -> MarkPla
     ``band_snr_db`` below the frame, and frames near silence are left alone. The gains come
     from the channel mix and apply to every channel, so a downmix carries the same mark and a
     silent channel stays silent. ``first_frame`` is the global index of frame 0, so that
-    chunks of a long file line up.
+    chunks of a long file line up. The plan is made on ``x`` less its offset
+    (:func:`without_offset`).
     """
-    spec = stft(x, params, params.hop)
+    spec = stft(without_offset(x, params.rate), params, params.hop)
     power = spec.abs().square().mean(0)
     energy = _row_energy(power, params) + 1e-20
     full = power.sum(0)

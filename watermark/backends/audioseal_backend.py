@@ -51,6 +51,7 @@ from audioseal.models import AudioSealDetector, AudioSealWM  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from scipy.stats import chi2  # noqa: E402
 
+from watermark.offset import without_offset  # noqa: E402
 from watermark.resampling import resample  # noqa: E402
 from watermark.types import (  # noqa: E402
     Detection,
@@ -615,8 +616,11 @@ class AudioSealBackend:
         delta = torch.zeros_like(audio)
         jobs = [(c, b) for b in _blocks(audio.shape[-1], rate) for c in range(audio.shape[0])]
         for batch in _batched(jobs, BATCH_BLOCKS):
-            inputs = [
-                resample(audio[c, b.context_start : b.context_stop], rate, MODEL_RATE)
+            inputs = [  # planned on the host less its offset (see watermark.offset)
+                without_offset(
+                    resample(audio[c, b.context_start : b.context_stop], rate, MODEL_RATE),
+                    MODEL_RATE,
+                )
                 for c, b in batch
             ]
             message = bits.unsqueeze(0).repeat(len(batch), 1)

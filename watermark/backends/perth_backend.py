@@ -58,6 +58,7 @@ import torch
 import yaml
 
 from watermark.channels import mix_down
+from watermark.offset import without_offset
 from watermark.resampling import resample
 from watermark.types import Detection, EmbedResult, Segment, WatermarkError
 from watermark.types import snr_db as _snr_db
@@ -178,7 +179,7 @@ def _mark_channel(x: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, floa
         stop = min(n, start + chunk)
         lo, hi = max(0, start - margin), min(n, stop + margin)
         host = resample(x[lo:hi], sample_rate, rate) if sample_rate != rate else x[lo:hi]
-        residual, active = perth_residual(host)
+        residual, active = perth_residual(without_offset(host, rate))  # see watermark.offset
         if sample_rate != rate:
             residual = resample(residual, rate, sample_rate)
         residual = _fit_length(residual, hi - lo)

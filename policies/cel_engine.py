@@ -40,6 +40,7 @@ from typing import Any
 
 import celpy
 import lark
+import re2
 from celpy import celtypes
 from celpy.evaluation import base_functions
 
@@ -182,6 +183,12 @@ def compile_condition(source: str, known_facts: Sequence[str] = KNOWN_FACTS) -> 
     for path in paths:
         if path[0] not in known_facts and path[0] not in _CEL_TYPE_NAMES:
             raise ConditionError(unknown_fact_message(path[0], known_facts))
+    for pattern in _literal_patterns(tree):
+        problem = _pattern_problem(pattern)
+        if problem is not None:
+            raise ConditionError(
+                f"matches() pattern {pattern!r} is not a valid regular expression: {problem}"
+            )
     try:
         gives = _static_type(tree)
     except _NoOverload as exc:
@@ -484,6 +491,31 @@ def _operator_result(operator: str, types: tuple[str, ...]) -> str | None:
     return None if isinstance(value, celpy.CELEvalError) else _cel_type_name(value)
 
 
+def _literal_patterns(tree: Any) -> list[str]:
+    """The patterns given to ``matches()`` as string literals, which can be checked before any
+    facts arrive (a pattern computed from facts is checked when it is evaluated)."""
+    patterns = []
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg" and str(node.children[1]) == "matches":
+            exprs = node.children[2].children if len(node.children) > 2 else []
+            argument = exprs[0] if exprs else None
+        elif node.data == "ident_arg" and str(node.children[0]) == "matches":
+            exprs = node.children[1].children if len(node.children) > 1 else []
+            argument = exprs[1] if len(exprs) > 1 else None
+        else:
+            continue
+        literal = argument
+        while isinstance(literal, lark.Tree) and len(literal.children) == 1:
+            if literal.data == "literal":
+                break
+            literal = literal.children[0]
+        if isinstance(literal, lark.Tree) and literal.data == "literal":
+            value = _ENVIRONMENT.program(argument).evaluate({})
+            if isinstance(value, celtypes.StringType):
+                patterns.append(str(value))
+    return patterns
+
+
 def _dotted(node: Any) -> tuple[str, ...] | None:
     """``a.b.c`` as ``("a", "b", "c")`` when the subtree is exactly that; otherwise None."""
     while isinstance(node, lark.Tree) and len(node.children) == 1 and node.data != "ident":
@@ -615,8 +647,37 @@ def _condition(test: Any, then: Any, otherwise: Any) -> Any:
     return then if test else otherwise
 
 
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (CEL's regular expressions), which otherwise prints its own
+    line on stderr for every bad pattern it is given, beside our sentence."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def _matches(text: Any, pattern: Any) -> Any:
+    """CEL's ``matches()``, with patterns compiled once and quietly."""
+    try:
+        compiled = _pattern(str(pattern))
+    except re2.error as exc:
+        return celpy.CELEvalError("match error", type(exc), exc.args)
+    return celtypes.BoolType(compiled.search(str(text)) is not None)
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    """Why RE2 refuses ``pattern``, or None if it compiles."""
+    try:
+        _pattern(pattern)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else ""
+        return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+    return None
+
+
 _LOGICAL_FUNCTIONS = {
     "_&&_": _logical("&&", absorbing=False),
     "_||_": _logical("||", absorbing=True),
     "_?_:_": _condition,
+    "matches": _matches,
 }

@@ -156,3 +156,25 @@ def test_a_missing_condition_is_still_called_missing(tmp_path):
     with pytest.raises(PolicyError) as err:
         Policy.load(path)
     assert err.value.problems == [f'{path}: rule "r1": missing "when" (a CEL expression)']
+
+
+# --- regular expressions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ['meta.uploader.matches("(")', 'matches(meta.uploader, "a(")'])
+def test_a_literal_pattern_that_is_not_a_regex_is_a_load_error(tmp_path, when):
+    problem = load_error(tmp_path, when)
+    assert "is not a valid regular expression" in problem and "missing )" in problem
+
+
+def test_a_pattern_from_the_facts_fails_in_one_sentence_and_nothing_else_on_stderr(tmp_path, capfd):
+    when = "meta.uploader.matches(meta.pattern)"
+    error = trace_error(tmp_path, when, {"meta": {"uploader": "x", "pattern": "("}})
+    assert "not a valid regular expression" in error
+    assert capfd.readouterr().err == ""  # RE2 logged its own line here
+
+
+def test_good_patterns_still_match(tmp_path):
+    policy = load(tmp_path, 'meta.uploader.matches("^bot-[0-9]+$")')
+    assert policy.decide({"meta": {"uploader": "bot-42"}}).action == "block"
+    assert policy.decide({"meta": {"uploader": "alice"}}).action == "allow"

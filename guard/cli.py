@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from guard.audio import AudioError
+from guard.audio import AudioError, printable_name
 from guard.cli_detect import detect, detectors
 from guard.cli_policy import audit, policy
 from guard.cli_report import audit_report
@@ -62,6 +62,7 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        exc.message = printable_name(exc.message)  # file names may hold bytes that are not UTF-8
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
@@ -69,7 +70,7 @@ def main() -> None:
     except USER_ERRORS as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable_name(str(exc))}", err=True)
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - a user never sees a traceback without --debug
         if debug:

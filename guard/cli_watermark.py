@@ -60,7 +60,10 @@ def watermark() -> None:
 def keygen(keyfile: str) -> None:
     """Write a new 256-bit secret key to KEYFILE (mode 0600)."""
     write_key(keyfile)
-    click.echo(f"wrote a new key to {keyfile} (mode 0600); keep it secret, keep a backup")
+    click.echo(
+        f"wrote a new key to {audio_io.printable_name(keyfile)} (mode 0600); keep it secret, "
+        "keep a backup"
+    )
 
 
 backend_option = click.option(

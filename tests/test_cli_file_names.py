@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from guard.cli import cli
+from guard.cli import cli, main
 
 FAST = ["--no-detector", "--public-backends", "none"]
 
@@ -93,3 +93,42 @@ def test_a_file_with_such_a_name_that_fails_is_named_and_the_others_still_run(fo
         ]
         assert lines[2]["error"].startswith(f"{folder}/broken\\xfe.wav: is not a WAV")
         assert "error" not in lines[3]
+
+
+def run_main(monkeypatch, capsys, *args: object) -> tuple[int, str, str]:
+    """The console script itself (its error handling is outside the click group)."""
+    monkeypatch.setattr("sys.argv", ["audioguard", *(str(a) for a in args)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+def test_key_file_names_are_escaped_in_errors_and_messages(tmp_path, monkeypatch, capsys):
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/a\xff"))
+    odd.mkdir()
+    (tmp_path / "b").mkdir()
+    shown = f"{tmp_path}/a\\xff"
+    result = invoke("watermark", "keygen", odd / "org.key")
+    assert result.exit_code == 0 and f"wrote a new key to {shown}/org.key" in result.output
+    assert invoke("watermark", "keygen", tmp_path / "b" / "org.key").exit_code == 0
+    sample = tmp_path / "tone.wav"
+    write_tone(sample)
+
+    code, _, err = run_main(
+        monkeypatch, capsys, "watermark", "detect", sample, "--key", odd / "x.key"
+    )
+    assert code == 1 and f"error: {shown}/x.key: key file not found" in err
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "scan",
+        sample,
+        *FAST,
+        "--key",
+        odd / "org.key",
+        "--key",
+        tmp_path / "b" / "org.key",
+    )
+    assert code == 1 and f"the keys {shown}/org.key and {tmp_path}/b/org.key" in err
+    assert "\udcff" not in err

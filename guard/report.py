@@ -92,9 +92,39 @@ def summarize(
         "model": versions.get("model"),
         "watermark_backends": list(versions.get("watermark_backends", [])),
         "audit_log": (
-            {"path": printable_name(audit_log), "head_hash": head_hash} if audit_log else None
+            {
+                "path": printable_name(audit_log),
+                "head_hash": head_hash,
+                "verify_command": shell_command(
+                    ["audioguard", "audit", "verify", os.fspath(audit_log), "--anchor", head_hash]
+                )
+                if head_hash
+                else None,
+            }
+            if audit_log
+            else None
         ),
     }
+
+
+def shell_command(words: Sequence[str]) -> str:
+    """``words`` as one line to paste into a shell, which runs exactly them.
+
+    A file name with bytes that are not UTF-8 cannot be shown as it is; the escaped name the
+    rest of the report shows (``a\\xff``) would name another file in a shell, so such a word
+    is written in bash's ``$'a\\xff'`` quoting, which gives the byte back.
+    """
+    return " ".join(_shell_word(word) for word in words)
+
+
+def _shell_word(word: str) -> str:
+    if printable_name(word) == word:
+        return shlex.quote(word)
+    kept = (
+        chr(byte) if 0x20 <= byte < 0x7F and chr(byte) not in "'\\" else f"\\x{byte:02x}"
+        for byte in os.fsencode(word)
+    )
+    return "$'" + "".join(kept) + "'"
 
 
 def render_report(results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
@@ -113,22 +143,8 @@ def render_report(results: Sequence[dict[str, Any]], summary: dict[str, Any]) ->
     if audit:
         facts.append(("Audit log", audit["path"]))
         facts.append(("Audit log head hash", audit["head_hash"] or "(empty log)"))
-        if audit["head_hash"]:
-            facts.append(
-                (
-                    "Check the log later with",
-                    shlex.join(
-                        [
-                            "audioguard",
-                            "audit",
-                            "verify",
-                            audit["path"],
-                            "--anchor",
-                            audit["head_hash"],
-                        ]
-                    ),
-                )
-            )
+        if audit["verify_command"]:
+            facts.append(("Check the log later with", audit["verify_command"]))
     else:
         facts.append(("Audit log", "none (decisions were not logged)"))
     rows = "\n".join(_file_row(i, r) for i, r in enumerate(results, 1))

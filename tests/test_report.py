@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -297,3 +298,18 @@ def test_report_renders_in_headless_chromium(audited):
 
     assert area((0x15, 0x65, 0xC0)) > 100  # the "label" badges are drawn
     assert area((0x6A, 0x1B, 0x9A)) > 100  # the watermark lane of the marked file's timeline
+
+
+@pytest.mark.parametrize("name", [b"audit.jsonl", b"it's a log.jsonl", b"bad\xffname.jsonl"])
+def test_the_verify_command_runs_on_the_log_it_names_when_pasted_into_a_shell(tmp_path, name):
+    """The report shows a non-UTF-8 name escaped (``bad\\xffname``); pasted as that, the
+    command would name another file, so the command spells the byte in bash's own quoting."""
+    log = os.fsencode(tmp_path) + b"/" + name
+    summary = summarize([], VERSIONS, audit_log=os.fsdecode(log), head_hash="ab" * 32)
+    command = summary["audit_log"]["verify_command"]
+    assert command.startswith("audioguard audit verify ") and command.isprintable()
+    assert html.escape(command) in render_report([], summary)
+    argument = subprocess.run(
+        ["bash", "-c", f'set -- {command}; printf %s "$4"'], capture_output=True, check=True
+    ).stdout
+    assert argument == log

@@ -193,6 +193,21 @@ def augment(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return y
 
 
+def stride(gen_model: torch.nn.Module) -> int:
+    """Samples per step of the SEANet encoder (the product of its ratios: 160 here).
+
+    Generator and detector downsample by it, so a pair that only ever hears its mark on the
+    grid it was made on reads it there alone: the first pairs lost the payload to any crop
+    that did not start on a multiple of 160 samples (a wrong payload at 20 samples, nothing
+    at 1 or 159), and to the drift of every speed and tempo change. ``--shift-share`` of the
+    batches reach the detector shifted by up to one stride. On a CPU budget that did not
+    teach a grid-free reading: fine-tunes read shifted batches at chance for 600 steps, and a
+    fresh pair with half its batches shifted read 0.87 of the bits (1 payload in 30) where
+    the defaults read 0.98. It is off by default, for a longer run on a GPU to try.
+    """
+    return int(gen_model.encoder.hop_length)
+
+
 def perceptual_loss(x: torch.Tensor, wm: torch.Tensor, snr_db: float) -> torch.Tensor:
     """Penalise spectrogram cells where the mark rises above the host's own spectrum.
 
@@ -286,11 +301,15 @@ def train_step(
     marked = x + wm * mask
     augmented = progress >= args.augment_from
     heard = augment(marked, gen) if augmented else marked
-    raw = det_model.detector(ab.normalize_to_envelope(heard))
     # Digital silence carries no mark (the envelope is zero there): it is labelled unmarked.
     loud = (x.abs() > ab.SILENCE_LEVEL).to(x.dtype)
     sound = torch.nn.functional.max_pool1d(loud, ab.FRAME + 1, 1, ab.FRAME // 2)
     label = (mask * sound[..., : x.shape[-1]])[:, 0].long()
+    if float(torch.rand(1, generator=gen)) < args.shift_share:
+        # the detector hears the clip from another sample of the encoder's stride
+        drop = int(torch.randint(stride(gen_model), (1,), generator=gen))
+        heard, label, mask = heard[..., drop:], label[..., drop:], mask[..., drop:]
+    raw = det_model.detector(ab.normalize_to_envelope(heard))
     detection = torch.nn.functional.cross_entropy(raw[:, :2], label)
     has_mark = mask.sum(-1).squeeze(-1) > 0
     decoded = (raw[:, 2:] * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
@@ -576,6 +595,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--augment-from", type=float, default=0.7, help="progress where the edits begin"
+    )
+    parser.add_argument(
+        "--shift-share",
+        type=float,
+        default=0.0,
+        help="share of batches that the detector hears shifted by up to one encoder stride "
+        "(see stride; on a CPU budget it cost the bits, docs/research)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
     parser.add_argument(

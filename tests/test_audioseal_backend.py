@@ -134,6 +134,19 @@ def test_long_input_is_marked_throughout(backend, speech):
     assert sum(s.end - s.start for s in detection.segments) > 60.0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the small pairs read their payload only on the 160-sample grid of the encoder they "
+    "were marked on (a crop 20 samples in reads another payload); fine-tunes that shifted the "
+    "detector's input lost the bits on a CPU budget (docs/research/audioseal-small-training.md)",
+)
+@pytest.mark.parametrize("drop", [20, 80])
+def test_the_payload_survives_a_crop_off_the_encoders_grid(backend, speech, drop):
+    audio, rate = speech
+    marked = backend.embed(audio, rate, "beef").audio
+    assert backend.detect(marked[:, drop:], rate).payload == "beef"
+
+
 def test_digital_silence_stays_silent(backend, speech):
     audio, rate = speech
     padded = torch.cat([torch.zeros(1, rate), audio], dim=1)

@@ -130,3 +130,24 @@ def test_the_bootstrap_code_teaches_a_fresh_pair_and_leaves_a_fine_tune_alone(tm
     assert script.parse_args(["--init", str(tmp_path)]).bootstrap_weight == 0.0
     asked = ["--init", str(tmp_path), "--bootstrap-weight", "2"]
     assert script.parse_args(asked).bootstrap_weight == 2.0
+
+
+def test_the_detector_hears_the_mark_off_the_encoders_grid_when_asked():
+    """Pairs trained on the grid they marked on lost the payload to any crop that did not
+    start on a multiple of the encoder's 160-sample stride; ``--shift-share`` moves it."""
+    heard: list[int] = []
+    x = torch.randn(2, 1, ab.MODEL_RATE // 4) * 0.05
+    for share in ("0", "1"):
+        args = script.parse_args(["--filters", "4", "--dimension", "8", "--shift-share", share])
+        gen_model, det_model = script.build_pair(None, script.pair_arch(args))
+        det_model.detector.register_forward_pre_hook(
+            lambda _, inputs: heard.append(inputs[0].shape[-1])
+        )
+        for seed in range(12):
+            gen = torch.Generator().manual_seed(seed)
+            script.train_step(gen_model, det_model, x, gen, args, progress=0.9 * seed / 12)
+    assert script.stride(gen_model) == 160
+    unshifted, shifted = heard[:12], heard[12:]
+    assert set(unshifted) == {x.shape[-1]}
+    dropped = {x.shape[-1] - n for n in shifted}
+    assert len(dropped) > 6 and max(dropped) < 160

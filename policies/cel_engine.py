@@ -657,12 +657,13 @@ def _pattern(pattern: str) -> Any:
 
 
 def _matches(text: Any, pattern: Any) -> Any:
-    """CEL's ``matches()``, with patterns compiled once and quietly."""
+    """CEL's ``matches()``, with patterns compiled once and quietly. Anything but strings
+    makes RE2 raise ``TypeError``, which celpy reports as no overload, as it did before."""
     try:
-        compiled = _pattern(str(pattern))
+        compiled = _pattern(pattern)
     except re2.error as exc:
         return celpy.CELEvalError("match error", type(exc), exc.args)
-    return celtypes.BoolType(compiled.search(str(text)) is not None)
+    return celtypes.BoolType(compiled.search(text) is not None)
 
 
 def _pattern_problem(pattern: str) -> str | None:

@@ -178,3 +178,8 @@ def test_good_patterns_still_match(tmp_path):
     policy = load(tmp_path, 'meta.uploader.matches("^bot-[0-9]+$")')
     assert policy.decide({"meta": {"uploader": "bot-42"}}).action == "block"
     assert policy.decide({"meta": {"uploader": "alice"}}).action == "allow"
+
+
+def test_matches_on_a_number_is_still_an_error_not_a_match(tmp_path):
+    error = trace_error(tmp_path, 'meta.x.matches("5")', {"meta": {"x": 5}})
+    assert error == "matches() not supported for int"

@@ -178,7 +178,9 @@ def check_report_path(
     key, the audit log or its signing key."""
     if not report:
         return
-    problem = report_path_problem(report, _files_in_use(paths, keys, audit_log, audit_signing_key))
+    # A report that does not exist yet is no file in a folder: list them only if it does.
+    in_use = _files_in_use(paths, keys, audit_log, audit_signing_key, Path(report).exists())
+    problem = report_path_problem(report, in_use)
     if problem:
         raise click.ClickException(problem)
 
@@ -188,8 +190,10 @@ def _files_in_use(
     keys: Sequence[str],
     audit_log: str | None,
     audit_signing_key: str | None,
+    list_folders: bool = True,
 ) -> Iterator[tuple[str, str | Path]]:
-    """``(what, file)`` for every file a scan with these options reads or writes."""
+    """``(what, file)`` for every file a scan with these options reads or writes (the files in
+    the input folders only with ``list_folders``)."""
     if audit_log:
         yield "the --audit-log", audit_log
     if audit_signing_key:
@@ -198,7 +202,7 @@ def _files_in_use(
         yield "a --key file", key
     for given in paths:
         yield "one of the inputs", given
-        if Path(given).is_dir():
+        if list_folders and Path(given).is_dir():
             for found in audio_io.iter_audio_paths([given]):
                 yield f"an input in the folder {audio_io.printable_name(given)}", found
 

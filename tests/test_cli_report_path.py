@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+from guard import audio as audio_io
 from guard.cli import cli
+from guard.cli_scan import check_report_path
 
 FAST = ["--no-detector", "--public-backends", "none"]
 
@@ -89,3 +92,21 @@ def test_an_existing_file_is_replaced_only_if_it_is_an_earlier_report(setup):
         result = invoke(command, clip, "--report", report, *FAST)
         assert result.exit_code == 0, result.output
         assert "audioguard audit report" in report.read_text()
+
+
+def test_a_new_report_costs_no_second_listing_of_the_input_folders(setup, monkeypatch):
+    """A report that does not exist yet cannot be a file in a scanned folder, so the check
+    need not list them before the scan lists them again; an existing one still is checked."""
+    listed: list[object] = []
+    original = audio_io.iter_audio_paths
+
+    def counting(paths, *args, **kwargs):
+        listed.append(paths)
+        return original(paths, *args, **kwargs)
+
+    monkeypatch.setattr(audio_io, "iter_audio_paths", counting)
+    check_report_path(str(setup["root"] / "new.html"), [str(setup["folder"])])
+    assert listed == []
+    with pytest.raises(click.ClickException, match="is an input in the folder"):
+        check_report_path(str(setup["root"] / "hard.html"), [str(setup["folder"])])
+    assert listed
